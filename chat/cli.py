@@ -1,0 +1,205 @@
+"""Command-line entry points: ``chat-server``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from chat import __version__
+from chat.server import ChatServer, ServerConfig
+from chat.session import Limits
+
+__all__ = ["build_server_parser", "server_main"]
+
+log = logging.getLogger("chat.cli")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def build_server_parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    limits = Limits()
+    parser = argparse.ArgumentParser(
+        prog="chat-server",
+        description="A chat server for telnet, netcat and programs. Protocol: protocol.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--version", action="version", version=f"chat-server {__version__}")
+    add("--host", default=None, help="address to listen on (default: all interfaces)")
+    add("--port", type=_count, default=defaults.port, help="TCP port; 0 picks a free one")
+    add(
+        "--history",
+        type=_count,
+        default=defaults.history,
+        help="messages replayed when joining a room; 0 turns history off",
+    )
+    add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr",
+    )
+    group = parser.add_argument_group("limits (see protocol.md, Limits)")
+    add = group.add_argument
+    add(
+        "--max-line",
+        type=_positive,
+        default=limits.max_line,
+        metavar="BYTES",
+        help="longest accepted line; longer lines are refused and discarded",
+    )
+    add(
+        "--send-queue",
+        type=_positive,
+        default=limits.send_queue,
+        metavar="BYTES",
+        help="output a client may leave unread before it is disconnected",
+    )
+    add(
+        "--rate",
+        type=_seconds,
+        default=limits.rate,
+        metavar="LINES_PER_SECOND",
+        help="sustained lines per second per connection; 0 disables flood control",
+    )
+    add(
+        "--burst",
+        type=_positive,
+        default=limits.burst,
+        metavar="LINES",
+        help="lines a connection may send at once before the rate applies",
+    )
+    add(
+        "--register-timeout",
+        type=_seconds,
+        default=limits.register_timeout,
+        metavar="SECONDS",
+        help="time a new connection has to choose a nickname",
+    )
+    add(
+        "--ping-interval",
+        type=_seconds,
+        default=limits.ping_interval,
+        metavar="SECONDS",
+        help="idle time before a JSON-dialect client is pinged; 0 disables pings",
+    )
+    add(
+        "--ping-timeout",
+        type=_seconds,
+        default=limits.ping_timeout,
+        metavar="SECONDS",
+        help="time a pinged JSON-dialect client has to answer",
+    )
+    add(
+        "--max-clients",
+        type=_positive,
+        default=defaults.max_clients,
+        metavar="N",
+        help="connections the server holds at once",
+    )
+    add(
+        "--max-per-ip",
+        type=_count,
+        default=defaults.max_per_ip,
+        metavar="N",
+        help="connections from one IP address; 0 means no limit",
+    )
+    add(
+        "--max-rooms",
+        type=_positive,
+        default=defaults.max_rooms,
+        metavar="N",
+        help="rooms one user may be in at once",
+    )
+    group = parser.add_argument_group("TLS")
+    add = group.add_argument
+    add("--tls-cert", metavar="PATH", help="serve TLS with this certificate chain (PEM)")
+    add("--tls-key", metavar="PATH", help="private key for --tls-cert (PEM)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        history=args.history,
+        max_rooms=args.max_rooms,
+        max_clients=args.max_clients,
+        max_per_ip=args.max_per_ip,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        limits=Limits(
+            max_line=args.max_line,
+            send_queue=args.send_queue,
+            rate=args.rate,
+            burst=args.burst,
+            register_timeout=args.register_timeout,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+        ),
+    )
+
+
+async def run_server(config: ServerConfig) -> int:
+    """Serve until SIGINT/SIGTERM; a second signal drops everyone at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    async with ChatServer(config) as server:
+
+        def on_signal(signum: int) -> None:
+            if not stop.is_set():
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                stop.set()
+            else:
+                log.warning("second %s: closing every connection now", signal.Signals(signum).name)
+                server.abort()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await stop.wait()
+    return 0
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    parser = build_server_parser()
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(run_server(config_from_args(args)))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(server_main())

@@ -1,0 +1,943 @@
+"""The chat protocol, with no I/O: framing, sanitising, names, commands, events, dialects.
+
+Theory of operation
+-------------------
+Bytes from a socket go through a :class:`LineFramer`, which cuts them into lines, drops
+telnet negotiation and never holds more than one line's worth of memory. A line is
+decoded (invalid UTF-8 replaced) and :func:`sanitize`-d, then parsed into a *command*
+(``*Command`` dataclasses) by :func:`parse_text_command` or :func:`parse_json_command`.
+Anything the protocol refuses raises :class:`~chat.errors.ProtocolError` with a stable
+code; nothing here touches a socket.
+
+What the server says is an *event* (:class:`Event` subclasses). :func:`render` turns an
+event into the bytes of one dialect: ``text`` for people (``\\r\\n`` lines) or ``json``
+(JSON Lines). :func:`parse_event` reads a JSON line back into the same event, so
+``parse_event(render(e, JSON)) == e`` for every event.
+
+protocol.md is the contract this module implements; keep them in step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field, fields
+from enum import Enum, StrEnum
+from typing import Any, ClassVar, Final
+
+from chat.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "COMMANDS",
+    "NICK_MAX",
+    "PROTOCOL_VERSION",
+    "REASON_MAX",
+    "ROOM_MAX",
+    "TOPIC_MAX",
+    "Action",
+    "Bye",
+    "Command",
+    "Dialect",
+    "Error",
+    "Event",
+    "FrameError",
+    "Hello",
+    "HelloCommand",
+    "HelpCommand",
+    "Join",
+    "JoinCommand",
+    "LineFramer",
+    "MeCommand",
+    "Message",
+    "MsgCommand",
+    "Nick",
+    "NickCommand",
+    "Notice",
+    "Part",
+    "PartCommand",
+    "Ping",
+    "PingCommand",
+    "Pong",
+    "PongCommand",
+    "Private",
+    "Quit",
+    "QuitCommand",
+    "RoomInfo",
+    "RoomList",
+    "RoomsCommand",
+    "SayCommand",
+    "Topic",
+    "TopicCommand",
+    "Welcome",
+    "Who",
+    "WhoCommand",
+    "decode_line",
+    "help_text",
+    "nick_key",
+    "nick_skeleton",
+    "parse_event",
+    "parse_json_command",
+    "parse_registration_line",
+    "parse_text_command",
+    "render",
+    "room_key",
+    "sanitize",
+    "sniff_foreign",
+    "strip_telnet",
+    "validate_nick",
+    "validate_room",
+]
+
+PROTOCOL_VERSION: Final = 1
+NICK_MAX: Final = 16
+ROOM_MAX: Final = 32
+TOPIC_MAX: Final = 300
+REASON_MAX: Final = 200
+LOBBY: Final = "#lobby"
+
+
+class Dialect(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+# --- sanitising -------------------------------------------------------------------------
+
+# C0 controls except TAB, DEL, C1 controls (U+0080..U+009F, U+009B CSI among them), and the
+# Unicode controls that reorder or break lines on screen: bidi embeddings, overrides and
+# isolates, and the line/paragraph separators. Removing them means no peer can move another
+# user's cursor, retitle a terminal, or make text appear to come from someone else.
+_UNSAFE_CODEPOINTS: Final = (
+    [c for c in range(0x20) if c != 0x09]
+    + [0x7F]
+    + list(range(0x80, 0xA0))
+    + [0x2028, 0x2029, 0x200E, 0x200F, 0x061C]
+    + list(range(0x202A, 0x202F))
+    + list(range(0x2066, 0x206A))
+)
+_SANITIZE_TABLE: Final = dict.fromkeys(_UNSAFE_CODEPOINTS)
+_UNSAFE_RE: Final = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNSAFE_CODEPOINTS) + "]")
+
+
+def sanitize(text: str) -> str:
+    """Remove every character that could control a terminal or forge a line."""
+    if _UNSAFE_RE.search(text) is None:
+        return text
+    return text.translate(_SANITIZE_TABLE)
+
+
+def decode_line(raw: bytes) -> str:
+    """Decode one line from the wire: invalid UTF-8 is replaced, never fatal; then sanitise."""
+    return sanitize(raw.decode("utf-8", "replace"))
+
+
+# --- telnet and framing -------------------------------------------------------------------
+
+# IAC (255) starts every telnet command. 0xFF never occurs in UTF-8, so any IAC is telnet:
+# IAC WILL/WONT/DO/DONT <option>, IAC SB ... IAC SE, or a two-byte IAC <command>.
+_TELNET_RE: Final = re.compile(rb"\xff(?:[\xfb-\xfe].?|\xfa.*?(?:\xff\xf0|$)|.?)", re.DOTALL)
+
+
+def strip_telnet(line: bytes) -> bytes:
+    """Drop telnet option negotiation from a line, so ``telnet host port`` just works."""
+    if b"\xff" not in line:
+        return line
+    return _TELNET_RE.sub(b"", line)
+
+
+class FrameError(Enum):
+    """What :class:`LineFramer` reports instead of a line."""
+
+    OVERLONG = "overlong"  # a line longer than the limit was discarded; the stream goes on
+    NO_NEWLINE = "no_newline"  # far too many bytes with no newline: give up on this peer
+
+
+class LineFramer:
+    """Cut a byte stream into lines without ever holding more than ``max_line`` bytes.
+
+    Accepts ``\\n`` and ``\\r\\n``. A line longer than ``max_line`` is discarded up to its
+    newline and reported once as ``OVERLONG``; if ``max_garbage`` bytes go by without any
+    newline, ``NO_NEWLINE`` is reported and the framer stops producing lines.
+    """
+
+    __slots__ = ("_dead", "_discarded", "_discarding", "_max_garbage", "_max_line", "_partial")
+
+    def __init__(self, max_line: int, max_garbage: int) -> None:
+        self._max_line = max_line
+        self._max_garbage = max(max_garbage, max_line)
+        self._partial = bytearray()
+        self._discarding = False
+        self._discarded = 0
+        self._dead = False
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]:
+        """Lines (without terminator, telnet stripped) completed by ``data``, in order."""
+        if self._dead:
+            return []
+        out: list[bytes | FrameError] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._keep(data, start, out)
+                return out
+            if self._discarding:
+                self._discarding = False
+                self._discarded = 0
+                out.append(FrameError.OVERLONG)
+            else:
+                if self._partial:
+                    self._partial += data[start:end]
+                    line = bytes(self._partial)
+                    self._partial.clear()
+                else:
+                    line = data[start:end]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > self._max_line:
+                    out.append(FrameError.OVERLONG)
+                else:
+                    out.append(strip_telnet(line))
+            start = end + 1
+
+    def _keep(self, data: bytes, start: int, out: list[bytes | FrameError]) -> None:
+        """Hold the unterminated tail of ``data``, or count it as garbage once too long."""
+        tail = len(data) - start
+        if not tail:
+            return
+        if not self._discarding:
+            if len(self._partial) + tail <= self._max_line + 1:  # +1: room for a final \r
+                self._partial += data[start:]
+                return
+            self._discarding = True
+            self._discarded = len(self._partial)
+            self._partial.clear()
+        self._discarded += tail
+        if self._discarded > self._max_garbage:
+            self._dead = True
+            out.append(FrameError.NO_NEWLINE)
+
+
+_HTTP_REQUEST_RE: Final = re.compile(
+    rb"^(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/\d"
+)
+
+
+def sniff_foreign(first_bytes: bytes) -> str | None:
+    """Name the protocol if the first bytes of a connection are clearly not chat."""
+    if first_bytes[:1] == b"\x16" and first_bytes[1:2] == b"\x03":
+        return "a TLS handshake"
+    if first_bytes[:4] == b"SSH-":
+        return "an SSH client"
+    if _HTTP_REQUEST_RE.match(first_bytes):
+        return "an HTTP request"
+    return None
+
+
+# --- names --------------------------------------------------------------------------------
+
+_NICK_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_NICK_CHARS_RE: Final = re.compile(r"[^A-Za-z0-9_-]")
+_ROOM_RE: Final = re.compile(rf"#[A-Za-z0-9_-]{{1,{ROOM_MAX - 1}}}")
+# Characters that look alike on screen, folded together after lower-casing. Case-insensitive
+# identity already merges I and i; 'I' looks like 'l' in most fonts, so i/l/1 are one shape.
+_SKELETON_TABLE: Final = str.maketrans({"0": "o", "1": "l", "i": "l"})
+RESERVED_NICKS: Final = frozenset(
+    {
+        "admin",
+        "administrator",
+        "all",
+        "anonymous",
+        "chat",
+        "everyone",
+        "help",
+        "moderator",
+        "nobody",
+        "operator",
+        "root",
+        "server",
+        "services",
+        "system",
+        "sysop",
+    }
+)
+
+
+def nick_key(nick: str) -> str:
+    """Identity of a nickname: nicknames are unique case-insensitively."""
+    return nick.lower()
+
+
+def nick_skeleton(nick: str) -> str:
+    """What a nickname looks like on screen; two nicknames with one skeleton may not coexist."""
+    return nick.lower().translate(_SKELETON_TABLE)
+
+
+_RESERVED_SKELETONS: Final = frozenset(nick_skeleton(n) for n in RESERVED_NICKS)
+
+
+def validate_nick(raw: str) -> str:
+    """Return the nickname if it follows the rules in protocol.md, or say exactly why not."""
+    nick = raw.strip()
+    if not nick:
+        raise ProtocolError(ErrorCode.NICK_INVALID, "A nickname cannot be empty.")
+    if len(nick) > NICK_MAX:
+        raise ProtocolError(
+            ErrorCode.NICK_INVALID,
+            f"Nickname is too long ({len(nick)} characters, at most {NICK_MAX}).",
+        )
+    if _NICK_RE.fullmatch(nick) is None:
+        if not ("a" <= nick[0].lower() <= "z"):
+            raise ProtocolError(
+                ErrorCode.NICK_INVALID, "A nickname must start with a letter (a-z, A-Z)."
+            )
+        bad = _NICK_CHARS_RE.search(nick)
+        shown = repr(bad.group()) if bad else "a character"
+        raise ProtocolError(
+            ErrorCode.NICK_INVALID,
+            f"Nickname contains {shown}; use only letters a-z, digits, '_' and '-'.",
+        )
+    if nick_skeleton(nick) in _RESERVED_SKELETONS:
+        raise ProtocolError(ErrorCode.NICK_RESERVED, f"The nickname {nick!r} is reserved.")
+    return nick
+
+
+def room_key(room: str) -> str:
+    """Identity of a room name: room names are case-insensitive."""
+    return room.lower()
+
+
+def validate_room(raw: str) -> str:
+    """Return a valid room name; a name given without '#' gets one."""
+    name = raw.strip()
+    if not name.startswith("#"):
+        name = "#" + name
+    if _ROOM_RE.fullmatch(name) is None:
+        raise ProtocolError(
+            ErrorCode.ROOM_INVALID,
+            f"Invalid room name {name!r}: '#' then 1 to {ROOM_MAX - 1} letters, digits, "
+            "'_' or '-'.",
+        )
+    return name
+
+
+def _reason(text: str) -> str:
+    """Part and quit reasons are informational, so an overlong one is cut, not refused."""
+    return text.strip()[:REASON_MAX]
+
+
+# --- commands (client to server) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloCommand:
+    """Switch this connection to the JSON dialect, optionally registering at once."""
+
+    nick: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NickCommand:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class SayCommand:
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeCommand:
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MsgCommand:
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinCommand:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartCommand:
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsCommand:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WhoCommand:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCommand:
+    room: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuitCommand:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HelpCommand:
+    command: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingCommand:
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PongCommand:
+    token: str = ""
+
+
+Command = (
+    HelloCommand
+    | NickCommand
+    | SayCommand
+    | MeCommand
+    | MsgCommand
+    | JoinCommand
+    | PartCommand
+    | RoomsCommand
+    | WhoCommand
+    | TopicCommand
+    | QuitCommand
+    | HelpCommand
+    | PingCommand
+    | PongCommand
+)
+
+# name -> (usage, what it does). Drives /help and the usage shown on bad arguments.
+COMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "join": ("/join #room", "Join a room (created on first use) and make it your active room."),
+    "part": ("/part [#room] [reason]", "Leave a room; your active room if none is named."),
+    "rooms": ("/rooms", "List the rooms with their member counts and topics."),
+    "who": ("/who [#room]", "List the members of a room; your active room if none is named."),
+    "topic": ("/topic [#room] [text]", "Show a room's topic, or set it when text is given."),
+    "me": ("/me action", "Describe what you do: '/me waves' shows '* alice waves'."),
+    "msg": ("/msg nick text", "Send a private message that only nick sees."),
+    "nick": ("/nick newnick", "Change your nickname; your rooms see the change."),
+    "quit": ("/quit [reason]", "Leave the chat; your rooms see the reason."),
+    "help": ("/help [command]", "List the commands, or explain one."),
+    "ping": ("/ping [token]", "Ask the server for a pong, to check the connection."),
+}
+_ALIASES: Final = {"list": "rooms", "names": "who", "j": "join", "query": "msg"}
+
+
+def help_text(command: str | None) -> str:
+    """What ``/help`` answers: every command, or one command's usage."""
+    if command is None:
+        width = max(len(usage) for usage, _ in COMMANDS.values())
+        lines = ["Commands (a line not starting with / is said in your active room):"]
+        lines += [f"  {usage:<{width}}  {what}" for usage, what in COMMANDS.values()]
+        lines.append("Start a line with // to say something that begins with /.")
+        return "\n".join(lines)
+    name = _ALIASES.get(command, command)
+    if name not in COMMANDS:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND, f"No command /{command[:32]}; type /help for the list."
+        )
+    usage, what = COMMANDS[name]
+    return f"{usage}: {what}"
+
+
+def _usage_error(name: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Usage: {COMMANDS[name][0]}")
+
+
+def _split_room(args: str) -> tuple[str | None, str]:
+    """Split an optional leading '#room' from the rest of the arguments."""
+    if args.startswith("#"):
+        room, _, rest = args.partition(" ")
+        return validate_room(room), rest.strip()
+    return None, args
+
+
+def parse_text_command(line: str) -> Command | None:
+    """Parse one sanitised text-dialect line; ``None`` for a line to ignore."""
+    if not line.strip():
+        return None
+    if not line.startswith("/"):
+        return SayCommand(line)
+    if line.startswith("//"):
+        return SayCommand(line[1:])
+    word, _, rest = line[1:].partition(" ")
+    name = _ALIASES.get(word.lower(), word.lower())
+    args = rest.strip()
+    match name:
+        case "join":
+            if not args or " " in args:
+                raise _usage_error(name)
+            return JoinCommand(validate_room(args))
+        case "part":
+            room, reason = _split_room(args)
+            return PartCommand(room, _reason(reason))
+        case "rooms":
+            return RoomsCommand()
+        case "who":
+            if " " in args:
+                raise _usage_error(name)
+            return WhoCommand(validate_room(args) if args else None)
+        case "topic":
+            room, text = _split_room(args)
+            return TopicCommand(room, text or None)
+        case "me":
+            if not args:
+                raise _usage_error(name)
+            return MeCommand(args)
+        case "msg":
+            nick, _, text = args.partition(" ")
+            if not nick or not text.strip():
+                raise _usage_error(name)
+            return MsgCommand(nick, text.strip())
+        case "nick":
+            if not args or " " in args:
+                raise _usage_error(name)
+            return NickCommand(args)
+        case "quit":
+            return QuitCommand(_reason(args))
+        case "help":
+            return HelpCommand(args.lstrip("/").lower() or None)
+        case "ping":
+            return PingCommand(args)
+    shown = word if len(word) <= 32 else word[:32] + "..."
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_COMMAND, f"Unknown command /{shown}; type /help for the list."
+    )
+
+
+_BEFORE_REGISTRATION: Final = (NickCommand, QuitCommand, HelpCommand, PingCommand, PongCommand)
+
+
+def parse_registration_line(line: str) -> Command | None:
+    """Before registration the first line is a nickname; a few commands work too."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("/"):
+        return NickCommand(stripped)
+    command = parse_text_command(stripped)
+    if not isinstance(command, _BEFORE_REGISTRATION):
+        raise ProtocolError(
+            ErrorCode.NOT_REGISTERED, "Choose a nickname first: type it and press Enter."
+        )
+    return command
+
+
+def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Field {key!r} is required.")
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Field {key!r} must be a string.")
+    return sanitize(value)
+
+
+def _required(obj: dict[str, Any], key: str) -> str:
+    value = _field(obj, key, required=True)
+    assert value is not None
+    return value
+
+
+def _optional_room(obj: dict[str, Any]) -> str | None:
+    room = _field(obj, "room")
+    return validate_room(room) if room else None
+
+
+def parse_json_command(line: str) -> Command | None:
+    """Parse one JSON-dialect line (a JSON object with a ``type``); ``None`` for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "Line is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "Each line must be a JSON object.")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_JSON, "A JSON command needs a string field 'type'.")
+    match kind:
+        case "hello":
+            return HelloCommand(_field(obj, "nick"))
+        case "nick":
+            return NickCommand(_required(obj, "nick"))
+        case "say":
+            text = _required(obj, "text")
+            return SayCommand(text, _optional_room(obj)) if text.strip() else None
+        case "me":
+            text = _required(obj, "text")
+            return MeCommand(text, _optional_room(obj)) if text.strip() else None
+        case "msg":
+            text = _required(obj, "text")
+            if not text.strip():
+                raise ProtocolError(ErrorCode.BAD_ARGUMENTS, "A private message needs text.")
+            return MsgCommand(_required(obj, "nick"), text)
+        case "join":
+            return JoinCommand(validate_room(_required(obj, "room")))
+        case "part":
+            return PartCommand(_optional_room(obj), _reason(_field(obj, "reason") or ""))
+        case "rooms":
+            return RoomsCommand()
+        case "who":
+            return WhoCommand(_optional_room(obj))
+        case "topic":
+            return TopicCommand(_optional_room(obj), _field(obj, "text"))
+        case "quit":
+            return QuitCommand(_reason(_field(obj, "reason") or ""))
+        case "help":
+            return HelpCommand((_field(obj, "command") or "").lstrip("/").lower() or None)
+        case "ping":
+            return PingCommand(_field(obj, "token") or "")
+        case "pong":
+            return PongCommand(_field(obj, "token") or "")
+    shown = kind if len(kind) <= 32 else kind[:32] + "..."
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_COMMAND, f"Unknown command type {shown!r}; see protocol.md."
+    )
+
+
+# --- events (server to client) ------------------------------------------------------------
+
+# Ids are unique per process; the random prefix keeps them unique across restarts and nodes.
+_ID_PREFIX: Final = os.urandom(4).hex()
+_id_counter = itertools.count(1)
+
+
+def new_event_id() -> str:
+    return f"{_ID_PREFIX}-{next(_id_counter)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something the server tells a client. Every event has these five fields and a type."""
+
+    type: ClassVar[str] = "event"
+    id: str = field(default_factory=new_event_id)
+    ts: float = field(default_factory=time.time)
+    room: str | None = None
+    nick: str | None = None
+    text: str = ""
+
+    def as_text(self) -> str:
+        """The event as human-readable text (without the final line ending)."""
+        return self.text
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as the JSON object the JSON dialect sends."""
+        data: dict[str, Any] = {"type": self.type}
+        for f in _fields_of(type(self)):
+            data[f] = getattr(self, f)
+        return data
+
+
+_FIELDS_CACHE: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _fields_of(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELDS_CACHE.get(cls)
+    if names is None:
+        names = _FIELDS_CACHE[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def _where(room: str | None) -> str:
+    return f"[{room}] " if room else ""
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Event):
+    """Answer to a JSON ``hello``: from here on the connection speaks JSON Lines."""
+
+    type: ClassVar[str] = "hello"
+    version: int = PROTOCOL_VERSION
+    server: str = ""
+
+    def as_text(self) -> str:
+        return f"*** {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome(Event):
+    """Registration succeeded; ``nick`` is the registered nickname."""
+
+    type: ClassVar[str] = "welcome"
+
+    def as_text(self) -> str:
+        return f"*** {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(Event):
+    """A line said in a room. ``history`` marks a replay, with its original ``ts``."""
+
+    type: ClassVar[str] = "message"
+    history: bool = False
+
+    def as_text(self) -> str:
+        when = f"(history {_when(self.ts)}) " if self.history else ""
+        return f"{_where(self.room)}{when}<{self.nick}> {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action(Event):
+    """A ``/me`` action in a room."""
+
+    type: ClassVar[str] = "action"
+    history: bool = False
+
+    def as_text(self) -> str:
+        when = f"(history {_when(self.ts)}) " if self.history else ""
+        return f"{_where(self.room)}{when}* {self.nick} {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Private(Event):
+    """A private message from ``nick`` to ``target``; ``echo`` marks the sender's copy."""
+
+    type: ClassVar[str] = "private"
+    target: str = ""
+    echo: bool = False
+
+    def as_text(self) -> str:
+        if self.echo:
+            return f"[private to {self.target}] <{self.nick}> {self.text}"
+        return f"[private] <{self.nick}> {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join(Event):
+    type: ClassVar[str] = "join"
+
+    def as_text(self) -> str:
+        return f"{_where(self.room)}*** {self.nick} joined {self.room}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Part(Event):
+    """``nick`` left ``room``; ``text`` is the reason, maybe empty."""
+
+    type: ClassVar[str] = "part"
+
+    def as_text(self) -> str:
+        why = f" ({self.text})" if self.text else ""
+        return f"{_where(self.room)}*** {self.nick} left {self.room}{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quit(Event):
+    """``nick`` left the chat; sent once to everyone who shared a room with them."""
+
+    type: ClassVar[str] = "quit"
+
+    def as_text(self) -> str:
+        why = f" ({self.text})" if self.text else ""
+        return f"*** {self.nick} quit{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nick(Event):
+    """``nick`` is now called ``new_nick``."""
+
+    type: ClassVar[str] = "nick"
+    new_nick: str = ""
+
+    def as_text(self) -> str:
+        return f"*** {self.nick} is now known as {self.new_nick}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topic(Event):
+    """A room's topic: set by ``nick``, or (``nick`` null) shown on request or on join."""
+
+    type: ClassVar[str] = "topic"
+
+    def as_text(self) -> str:
+        if self.nick:
+            return f"{_where(self.room)}*** {self.nick} set the topic: {self.text}"
+        if self.text:
+            return f"{_where(self.room)}*** Topic: {self.text}"
+        return f"{_where(self.room)}*** No topic is set"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    room: str
+    members: int
+    topic: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomList(Event):
+    """Answer to ``/rooms``."""
+
+    type: ClassVar[str] = "rooms"
+    rooms: tuple[RoomInfo, ...] = ()
+
+    def as_text(self) -> str:
+        lines = [f"*** {len(self.rooms)} room{'s' if len(self.rooms) != 1 else ''}:"]
+        for info in self.rooms:
+            topic = f": {info.topic}" if info.topic else ""
+            people = "member" if info.members == 1 else "members"
+            lines.append(f"***   {info.room} ({info.members} {people}){topic}")
+        return "\r\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        data["rooms"] = [
+            {"room": i.room, "members": i.members, "topic": i.topic} for i in self.rooms
+        ]
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Who(Event):
+    """Answer to ``/who``: the members of ``room``."""
+
+    type: ClassVar[str] = "who"
+    members: tuple[str, ...] = ()
+
+    def as_text(self) -> str:
+        return f"{_where(self.room)}*** {len(self.members)} in {self.room}: " + ", ".join(
+            self.members
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        data["members"] = list(self.members)
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice(Event):
+    """Information from the server: help, the active room, refusals that are not errors."""
+
+    type: ClassVar[str] = "notice"
+
+    def as_text(self) -> str:
+        return "\r\n".join(f"{_where(self.room)}*** {line}" for line in self.text.split("\n"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error(Event):
+    """A command was refused; ``code`` is stable, ``text`` is for people."""
+
+    type: ClassVar[str] = "error"
+    code: str = ""
+
+    def as_text(self) -> str:
+        return f"!!! {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Event):
+    """Server keepalive for JSON clients: answer with a ``pong`` carrying ``text``."""
+
+    type: ClassVar[str] = "ping"
+
+    def as_text(self) -> str:
+        return f"*** ping {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong(Event):
+    """Answer to a client's ``ping``; ``text`` is the client's token."""
+
+    type: ClassVar[str] = "pong"
+
+    def as_text(self) -> str:
+        return f"*** pong {self.text}".rstrip()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bye(Event):
+    """The last line before the server closes a connection; ``code`` says why."""
+
+    type: ClassVar[str] = "bye"
+    code: str = ""
+
+    def as_text(self) -> str:
+        return f"*** Closing connection: {self.text}"
+
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    cls.type: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Message,
+        Action,
+        Private,
+        Join,
+        Part,
+        Quit,
+        Nick,
+        Topic,
+        RoomList,
+        Who,
+        Notice,
+        Error,
+        Ping,
+        Pong,
+        Bye,
+    )
+}
+
+
+def render(event: Event, dialect: Dialect) -> bytes:
+    """The bytes that carry ``event`` in ``dialect``, line ending included."""
+    if dialect is Dialect.JSON:
+        return (
+            json.dumps(event.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        ).encode()
+    return (event.as_text() + "\r\n").encode()
+
+
+def parse_event(line: str | bytes) -> Event:
+    """Read one JSON-dialect line back into its event; unknown fields are ignored.
+
+    Raises ``ValueError`` when the line is not a JSON event this version understands.
+    """
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("event is not a JSON object")  # noqa: TRY004 - one error type for callers
+    cls = EVENT_TYPES.get(obj.get("type", ""))
+    if cls is None:
+        raise ValueError(f"unknown event type {obj.get('type')!r}")
+    kwargs = {name: obj[name] for name in _fields_of(cls) if name in obj}
+    if cls is RoomList:
+        kwargs["rooms"] = tuple(
+            RoomInfo(room=i["room"], members=i["members"], topic=i["topic"])
+            for i in kwargs.get("rooms", ())
+        )
+    elif cls is Who:
+        kwargs["members"] = tuple(kwargs.get("members", ()))
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None

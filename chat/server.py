@@ -1,0 +1,214 @@
+"""Server lifecycle: listen, admit connections, shut down gracefully and in bounded time.
+
+:class:`ChatServer` is an async context manager around :func:`asyncio.start_server`::
+
+    async with ChatServer(ServerConfig(port=0)) as server:
+        print(server.port)
+        await server.serve_forever()
+
+``close()`` is idempotent: stop accepting, tell every connection the server is going
+away, give them ``shutdown_grace`` seconds to flush, then drop whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from chat.errors import ErrorCode
+from chat.hub import DEFAULT_MAX_ROOMS, Hub
+from chat.protocol import Bye, Dialect, render
+from chat.session import Limits, Session
+
+__all__ = ["ChatServer", "ServerConfig"]
+
+log = logging.getLogger("chat.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``chat-server`` can be told on its command line."""
+
+    host: str | None = None
+    port: int = 9000
+    history: int = 50
+    max_rooms: int = DEFAULT_MAX_ROOMS
+    limits: Limits = field(default_factory=Limits)
+    max_clients: int = 10_000
+    max_per_ip: int = 16
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_handshake_timeout: float = 10.0
+    shutdown_grace: float = 5.0
+    keepalive_idle: int = 60
+
+
+def _enable_keepalive(sock: socket.socket, idle: int) -> None:
+    """Let the kernel notice peers that vanished without a FIN (half-open connections)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 6))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+
+
+class ChatServer:
+    def __init__(self, config: ServerConfig, hub: Hub | None = None) -> None:
+        self.config = config
+        self.hub = hub or Hub(history=config.history, max_rooms=config.max_rooms)
+        self._server: asyncio.Server | None = None
+        self._sessions: set[Session] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._per_ip: Counter[str] = Counter()
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    async def __aenter__(self) -> ChatServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        ssl_context = self._ssl_context()
+        self._server = await asyncio.start_server(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.config.tls_handshake_timeout if ssl_context else None,
+            reuse_address=True,
+        )
+        log.info(
+            "listening on %s%s",
+            ", ".join(self.addresses),
+            " (TLS)" if ssl_context else "",
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where the server listens, as ``host:port`` (``[v6]:port``) strings."""
+        assert self._server is not None
+        found = []
+        for sock in self._server.sockets:
+            host, port = sock.getsockname()[:2]
+            found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return found
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``port=0``)."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        await self._closed.wait()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _refusal(self, ip: str) -> tuple[ErrorCode, str] | None:
+        if self._closing:
+            return ErrorCode.SERVER_SHUTDOWN, "The server is shutting down."
+        if len(self._sessions) >= self.config.max_clients:
+            return ErrorCode.SERVER_FULL, (
+                f"The server is full ({self.config.max_clients} connections); try again later."
+            )
+        if self.config.max_per_ip and self._per_ip[ip] >= self.config.max_per_ip:
+            return ErrorCode.TOO_MANY_CONNECTIONS, (
+                f"Too many connections from your address (at most {self.config.max_per_ip})."
+            )
+        return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by asyncio for each accepted connection, in a task of its own."""
+        task = asyncio.current_task()
+        assert task is not None
+        peer = writer.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        refusal = self._refusal(ip)
+        if refusal is not None:
+            await self._refuse(writer, ip, *refusal)
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            _enable_keepalive(sock, self.config.keepalive_idle)
+        session = Session(reader, writer, self.hub, self.config.limits)
+        self._sessions.add(session)
+        self._handlers.add(task)
+        self._per_ip[ip] += 1
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            self._handlers.discard(task)
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
+
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, ip: str, code: ErrorCode, text: str
+    ) -> None:
+        log.info("refused peer=%s reason=%s", ip, code)
+        writer.write(render(Bye(code=code, text=text), Dialect.TEXT))
+        writer.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+        except (TimeoutError, OSError):
+            writer.transport.abort()
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def close(self, reason: str = "The server is shutting down.") -> None:
+        """Stop accepting, say goodbye to everyone, wait (bounded) for them to go."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        log.info("shutting down: %d connections", len(self._sessions))
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.close(ErrorCode.SERVER_SHUTDOWN, reason)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self.config.shutdown_grace)
+        self.abort()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=1.0)
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers))
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._closed.set()
+        log.info("stopped")
+
+    def abort(self) -> None:
+        """Drop every connection at once (a second signal, or after the grace period)."""
+        for session in list(self._sessions):
+            session.abort()

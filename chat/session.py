@@ -1,0 +1,502 @@
+"""One client connection: a reader loop, a writer task, flood control and timeouts.
+
+The reader loop runs in the connection's own task: it reads whatever bytes are available,
+frames them into lines, and hands each parsed command to the hub. Everything the client
+must receive goes through :meth:`Session.push` into a bounded queue; one writer task
+empties the queue, writing everything already queued in a single call before one
+``drain()``. ``push`` never blocks: a client whose queue (plus what waits in the kernel-
+facing transport buffer) exceeds ``send_queue`` bytes is told why and disconnected, so a
+client that stops reading costs everybody else nothing.
+
+A session ends in one of three ways, all funnelled through :meth:`close` or
+:meth:`_overflow`: the peer goes away (EOF, reset), the peer asks (``/quit``), or the server
+decides (flood, timeout, shutdown, overflow). In every case the hub forgets the member
+first, then queued output is flushed within a grace period, then the socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final
+
+from chat.errors import ErrorCode, ProtocolError
+from chat.hub import Hub, Member
+from chat.protocol import (
+    Bye,
+    Command,
+    Dialect,
+    Error,
+    Event,
+    FrameError,
+    Hello,
+    HelloCommand,
+    HelpCommand,
+    JoinCommand,
+    LineFramer,
+    MeCommand,
+    MsgCommand,
+    NickCommand,
+    Notice,
+    PartCommand,
+    Ping,
+    PingCommand,
+    Pong,
+    PongCommand,
+    QuitCommand,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    WhoCommand,
+    decode_line,
+    help_text,
+    parse_json_command,
+    parse_registration_line,
+    parse_text_command,
+    render,
+    sniff_foreign,
+)
+
+__all__ = ["FloodGate", "Limits", "Session", "Verdict"]
+
+log = logging.getLogger("chat.session")
+
+READ_CHUNK: Final = 64 * 1024
+CLOSE_GRACE: Final = 2.0
+MAX_REGISTRATION_ATTEMPTS: Final = 10
+SERVER_NAME: Final = "chat"
+_session_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits; every one is a ``chat-server`` flag (see protocol.md, Limits)."""
+
+    max_line: int = 2048
+    send_queue: int = 256 * 1024
+    rate: float = 5.0
+    burst: int = 20
+    register_timeout: float = 60.0
+    ping_interval: float = 60.0
+    ping_timeout: float = 30.0
+
+    @property
+    def max_garbage(self) -> int:
+        """Bytes without any newline after which a peer is not speaking this protocol."""
+        return max(64 * 1024, 16 * self.max_line)
+
+
+class Verdict(Enum):
+    ALLOW = auto()
+    REFUSE = auto()
+    DISCONNECT = auto()
+
+
+class FloodGate:
+    """A token bucket per connection: ``burst`` lines at once, then ``rate`` lines a second.
+
+    A refused line still costs a token, so the debt of a client that keeps flooding grows;
+    once it exceeds another ``burst`` the flood is sustained and the client is dropped. A
+    person pasting a few lines too many only sees some refused. ``rate <= 0`` disables it.
+    """
+
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self) -> Verdict:
+        if self._rate <= 0:
+            return Verdict.ALLOW
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - 1.0
+        self._last = now
+        if self._tokens >= 0:
+            return Verdict.ALLOW
+        if self._tokens < -self._burst:
+            return Verdict.DISCONNECT
+        return Verdict.REFUSE
+
+
+class Session:
+    """Serve one client from connect to close. Create it, then await :meth:`run`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hub: Hub,
+        limits: Limits,
+    ) -> None:
+        self.id = next(_session_ids)
+        self.hub = hub
+        self.limits = limits
+        self.member: Member | None = None
+        self.close_reason = ""
+        peer = writer.get_extra_info("peername")
+        self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._dialect = Dialect.TEXT
+        self._reader = reader
+        self._writer = writer
+        self._transport = writer.transport
+        self._framer = LineFramer(limits.max_line, limits.max_garbage)
+        self._flood = FloodGate(limits.rate, limits.burst)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(
+            maxsize=max(64, limits.send_queue // 32)
+        )
+        self._queued_bytes = 0
+        self._closing = False
+        self._queue_ended = False
+        self._writer_task: asyncio.Task[None] | None = None
+        self._ping_outstanding = False
+        self._failed_registrations = 0
+        self._started = asyncio.get_running_loop().time()
+
+    # --- the Peer interface the hub uses -----------------------------------------------------
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    def push(self, data: bytes) -> None:
+        """Queue bytes for the writer; never blocks. Overflow disconnects this client."""
+        if self._closing:
+            return
+        buffered = self._queued_bytes + self._transport.get_write_buffer_size() + len(data)
+        if buffered > self.limits.send_queue or self._queue.full():
+            self._overflow()
+            return
+        self._queue.put_nowait(data)
+        self._queued_bytes += len(data)
+
+    def send(self, event: Event) -> None:
+        self.push(render(event, self._dialect))
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("connect conn=%d peer=%s", self.id, self.peer_address)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._writer_task = tasks.create_task(self._write_loop())
+                self._send_greeting()
+                try:
+                    await self._read_loop()
+                finally:
+                    await self._leave_hub()
+                    self._stop("Connection closed", flush=True)
+                    await self._flush(self._writer_task)
+        except* Exception as group:
+            # _read_loop and _write_loop handle every error a peer can cause; what reaches
+            # here is a bug, which must cost this connection only.
+            self.close_reason = self.close_reason or "internal error"
+            log.error("internal error conn=%d", self.id, exc_info=group.exceptions[0])  # noqa: TRY400
+        finally:
+            await self._close_transport()
+            log.info(
+                "disconnect conn=%d peer=%s nick=%s reason=%r duration=%.1fs",
+                self.id,
+                self.peer_address,
+                self.member.nick if self.member else "-",
+                self.close_reason or "closed",
+                asyncio.get_running_loop().time() - self._started,
+            )
+
+    def close(self, code: ErrorCode, text: str) -> None:
+        """Say goodbye with a reason, flush what is queued (bounded in time), disconnect."""
+        if self._closing:
+            return
+        self.send(Bye(code=code, text=text))
+        self._stop(text, flush=True)
+
+    def abort(self) -> None:
+        """Drop the connection now, without flushing (second shutdown signal)."""
+        self._stop("server aborted", flush=False)
+        self._transport.abort()
+
+    def _overflow(self) -> None:
+        """The client is not reading fast enough: tell it why (best effort) and drop it."""
+        text = f"Send queue exceeded {self.limits.send_queue} bytes (you are not reading)."
+        self._stop(text, flush=False)
+        if not self._transport.is_closing():
+            bye = Bye(code=ErrorCode.SEND_QUEUE_FULL, text=text)
+            self._transport.write(render(bye, self._dialect))
+        if self._writer_task is not None:
+            self._writer_task.cancel()  # it may be stuck in drain() on this very client
+        log.warning("slow reader conn=%d peer=%s dropped", self.id, self.peer_address)
+
+    def _lost(self, reason: str) -> None:
+        """The peer vanished: nothing more can be sent."""
+        self._stop(reason, flush=False)
+
+    def _stop(self, reason: str, *, flush: bool) -> None:
+        """Accept no more output, end the writer's queue, make the reader see EOF. Idempotent."""
+        self.close_reason = self.close_reason or reason
+        self._closing = True
+        if not flush or self._queue.full():
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queued_bytes = 0
+        if not self._queue_ended:
+            self._queue_ended = True
+            self._queue.put_nowait(None)
+        self._reader.feed_eof()
+
+    async def _flush(self, writer_task: asyncio.Task[None]) -> None:
+        """Give the writer a bounded time to send what is queued; a stuck peer gets no more."""
+        await asyncio.wait({writer_task}, timeout=CLOSE_GRACE)
+        writer_task.cancel()
+
+    async def _leave_hub(self) -> None:
+        if self.member is not None:
+            await self.hub.remove(self.member, self.close_reason or "Connection closed")
+
+    async def _close_transport(self) -> None:
+        writer = self._writer
+        if not self._transport.is_closing():
+            writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await writer.wait_closed()
+        except TimeoutError:
+            self._transport.abort()
+        except OSError:
+            pass
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        """Write everything already queued in one call, then drain once; None ends it."""
+        queue = self._queue
+        writer = self._writer
+        while True:
+            data = await queue.get()
+            if data is None:
+                return
+            parts = [data]
+            done = False
+            while queue.qsize():
+                more = queue.get_nowait()
+                if more is None:
+                    done = True
+                    break
+                parts.append(more)
+            payload = data if len(parts) == 1 else b"".join(parts)
+            self._queued_bytes -= len(payload)
+            try:
+                writer.write(payload)
+                await writer.drain()
+            except OSError as exc:
+                self._lost(f"write failed: {exc.strerror or exc}")
+                return
+            if done:
+                return
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _send_greeting(self) -> None:
+        self.send(
+            Notice(
+                text=f"Welcome to {SERVER_NAME}! Programs: send a JSON hello (see protocol.md).\n"
+                "Choose a nickname (letters, digits, _ or -, starting with a letter):"
+            )
+        )
+
+    async def _read_chunk(self) -> bytes:
+        """The next bytes from the peer, b"" at EOF; enforces registration and ping timeouts."""
+        while True:
+            try:
+                if self.member is None:
+                    async with asyncio.timeout_at(self._started + self.limits.register_timeout):
+                        return await self._reader.read(READ_CHUNK)
+                if self._dialect is Dialect.JSON and self.limits.ping_interval > 0:
+                    wait = (
+                        self.limits.ping_timeout
+                        if self._ping_outstanding
+                        else self.limits.ping_interval
+                    )
+                    async with asyncio.timeout(wait):
+                        data = await self._reader.read(READ_CHUNK)
+                    self._ping_outstanding = False
+                    return data
+                return await self._reader.read(READ_CHUNK)
+            except TimeoutError:
+                if self.member is None:
+                    self.close(
+                        ErrorCode.REGISTER_TIMEOUT,
+                        f"No nickname within {self.limits.register_timeout:g} seconds.",
+                    )
+                    return b""
+                if self._ping_outstanding:
+                    self.close(
+                        ErrorCode.PING_TIMEOUT,
+                        f"No answer to ping within {self.limits.ping_timeout:g} seconds.",
+                    )
+                    return b""
+                self._ping_outstanding = True
+                self.send(Ping(text=str(int(time.time()))))
+            except OSError as exc:
+                self._lost(f"read failed: {exc.strerror or exc}")
+                return b""
+
+    async def _read_loop(self) -> None:
+        first = True
+        while not self._closing:
+            data = await self._read_chunk()
+            if not data:
+                return
+            if first:
+                first = False
+                foreign = sniff_foreign(data)
+                if foreign is not None:
+                    self.close(
+                        ErrorCode.NOT_CHAT,
+                        f"This is a chat server and that looked like {foreign}; see protocol.md.",
+                    )
+                    log.info(
+                        "refused conn=%d peer=%s reason=%r", self.id, self.peer_address, foreign
+                    )
+                    return
+            for line in self._framer.feed(data):
+                if self._closing:
+                    return
+                if line is FrameError.OVERLONG:
+                    self.send(
+                        Error(
+                            code=ErrorCode.LINE_TOO_LONG,
+                            text=f"Line too long (more than {self.limits.max_line} bytes); "
+                            "it was discarded.",
+                        )
+                    )
+                elif line is FrameError.NO_NEWLINE:
+                    self.close(
+                        ErrorCode.NO_NEWLINE,
+                        f"No end of line in {self.limits.max_garbage} bytes.",
+                    )
+                else:
+                    assert isinstance(line, bytes)
+                    await self._handle_line(line)
+
+    async def _handle_line(self, raw: bytes) -> None:
+        verdict = self._flood.take()
+        if verdict is Verdict.DISCONNECT:
+            self.close(ErrorCode.FLOODING, "Excess flood: you sent too many lines too fast.")
+            return
+        if verdict is Verdict.REFUSE:
+            self.send(
+                Error(
+                    code=ErrorCode.FLOOD,
+                    text=f"Too fast: line refused (limit {self.limits.rate:g} lines per second, "
+                    f"bursts of {self.limits.burst}).",
+                )
+            )
+            return
+        try:
+            if self.member is None:
+                await self._register_line(raw)
+            else:
+                line = decode_line(raw)
+                command = (
+                    parse_json_command(line)
+                    if self._dialect is Dialect.JSON
+                    else parse_text_command(line)
+                )
+                await self._execute(self.member, command)
+        except ProtocolError as exc:
+            self.send(Error(code=exc.code, text=exc.message))
+
+    async def _register_line(self, raw: bytes) -> None:
+        line = decode_line(raw)
+        command: Command | None
+        if self._dialect is Dialect.JSON or raw.startswith(b"{"):
+            command = parse_json_command(line)
+        else:
+            command = parse_registration_line(line)
+        match command:
+            case None:
+                return
+            case HelloCommand(nick=nick):
+                if self._dialect is not Dialect.JSON:
+                    self._dialect = Dialect.JSON
+                    self.send(
+                        Hello(server=SERVER_NAME, text="JSON Lines dialect; register with a nick.")
+                    )
+                if nick is not None:
+                    await self._register(nick)
+            case NickCommand(nick=nick):
+                await self._register(nick)
+            case QuitCommand() | HelpCommand() | PingCommand() | PongCommand():
+                await self._execute(None, command)
+            case _:
+                raise ProtocolError(ErrorCode.NOT_REGISTERED, "Register first: send a nickname.")
+
+    async def _register(self, nick: str) -> None:
+        try:
+            self.member = await self.hub.register(self, nick)
+        except ProtocolError as exc:
+            self._failed_registrations += 1
+            if self._failed_registrations >= MAX_REGISTRATION_ATTEMPTS:
+                self.send(Error(code=exc.code, text=exc.message))
+                self.close(
+                    ErrorCode.TOO_MANY_ERRORS,
+                    f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
+                )
+                return
+            raise
+        log.info(
+            "register conn=%d peer=%s nick=%s dialect=%s",
+            self.id,
+            self.peer_address,
+            self.member.nick,
+            self._dialect,
+        )
+
+    async def _execute(self, member: Member | None, command: Command | None) -> None:
+        """Carry out one command. ``member`` is None only for the pre-registration commands."""
+        hub = self.hub
+        match command:
+            case None | PongCommand():
+                return
+            case QuitCommand(reason=reason):
+                self.close_reason = reason or "Quit"
+                self.close(ErrorCode.QUIT, "Goodbye.")
+                return
+            case HelpCommand(command=name):
+                self.send(Notice(text=help_text(name)))
+                return
+            case PingCommand(token=token):
+                self.send(Pong(text=token))
+                return
+        assert member is not None
+        match command:
+            case SayCommand(text=text, room=room):
+                hub.say(member, room, text)
+            case MeCommand(text=text, room=room):
+                hub.act(member, room, text)
+            case MsgCommand(nick=nick, text=text):
+                hub.private(member, nick, text)
+            case JoinCommand(room=room):
+                hub.join(member, room)
+            case PartCommand(room=room, reason=reason):
+                hub.part(member, room, reason)
+            case RoomsCommand():
+                hub.rooms(member)
+            case WhoCommand(room=room):
+                hub.who(member, room)
+            case TopicCommand(room=room, text=text):
+                hub.topic(member, room, text)
+            case NickCommand(nick=nick):
+                await hub.rename(member, nick)
+            case HelloCommand():
+                raise ProtocolError(ErrorCode.ALREADY_REGISTERED, "You are registered already.")

@@ -70,6 +70,7 @@ READ_CHUNK: Final = 64 * 1024
 CLOSE_GRACE: Final = 2.0
 MAX_REGISTRATION_ATTEMPTS: Final = 10
 SERVER_NAME: Final = "chat"
+NICK_PROMPT: Final = "Choose a nickname (letters, digits, _ or -, starting with a letter):"
 _session_ids = itertools.count(1)
 
 
@@ -309,7 +310,7 @@ class Session:
         self.send(
             Notice(
                 text=f"Welcome to {SERVER_NAME}! Programs: send a JSON hello (see protocol.md).\n"
-                "Choose a nickname (letters, digits, _ or -, starting with a letter):"
+                + NICK_PROMPT
             )
         )
 
@@ -415,6 +416,8 @@ class Session:
                 await self._execute(self.member, command)
         except ProtocolError as exc:
             self.send(Error(code=exc.code, text=exc.message))
+            if self.member is None and self._dialect is Dialect.TEXT and not self._closing:
+                self.send(Notice(text=NICK_PROMPT))
 
     async def _register_line(self, raw: bytes) -> None:
         line = decode_line(raw)

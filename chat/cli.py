@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chat import __version__
 from chat.server import ChatServer, ServerConfig
@@ -49,13 +49,20 @@ def build_server_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--version", action="version", version=f"chat-server {__version__}")
-    add("--host", default=None, help="address to listen on (default: all interfaces)")
+    # "%(default).0s" prints nothing; it only stops argparse from appending "(default: None)".
+    add("--host", default=None, help="address to listen on (default: all interfaces%(default).0s)")
     add("--port", type=_count, default=defaults.port, help="TCP port; 0 picks a free one")
     add(
         "--history",
         type=_count,
         default=defaults.history,
         help="messages replayed when joining a room; 0 turns history off",
+    )
+    add(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop; auto uses uvloop when it is installed",
     )
     add(
         "--log-level",
@@ -184,6 +191,19 @@ async def run_server(config: ServerConfig) -> int:
     return 0
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on; uvloop roughly doubles throughput where it is available."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional, and only the server's main needs it
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("chat-server: --loop uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def server_main(argv: Sequence[str] | None = None) -> int:
     parser = build_server_parser()
     args = parser.parse_args(argv)
@@ -194,8 +214,11 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    factory = loop_factory(args.loop)
+    log.debug("event loop: %s", "uvloop" if factory else "asyncio")
     try:
-        return asyncio.run(run_server(config_from_args(args)))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(run_server(config_from_args(args)))
     except OSError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
         return 1

@@ -95,11 +95,25 @@ def deliver(recipients: Iterable[Member], event: Event) -> None:
         peer.push(data)
 
 
+def deliver_batch(recipients: Iterable[Member], events: list[Event]) -> None:
+    """Like :func:`deliver` for several events: one render each, one push per recipient."""
+    rendered: dict[Dialect, bytes] = {}
+    for member in recipients:
+        peer = member.peer
+        dialect = peer.dialect
+        data = rendered.get(dialect)
+        if data is None:
+            data = rendered[dialect] = b"".join(render(event, dialect) for event in events)
+        peer.push(data)
+
+
 class Hub:
     """All chat state of one server process."""
 
     def __init__(self, *, history: int = 50, max_rooms: int = DEFAULT_MAX_ROOMS) -> None:
         self.lock = asyncio.Lock()
+        self._pending: dict[Room, list[Event]] = {}
+        self._flush_scheduled = False
         self.history_length = history
         self.max_rooms = max_rooms
         self._by_key: dict[str, Member] = {}
@@ -132,6 +146,7 @@ class Hub:
 
     async def register(self, peer: Peer, raw_nick: str) -> Member:
         """Claim a nickname for ``peer``, welcome it and put it in the lobby."""
+        self.flush()
         nick = validate_nick(raw_nick)
         async with self.lock:
             self._check_available(nick)
@@ -146,6 +161,7 @@ class Hub:
         return member
 
     async def rename(self, member: Member, raw_nick: str) -> None:
+        self.flush()
         nick = validate_nick(raw_nick)
         async with self.lock:
             self._check_available(nick, owner=member)
@@ -161,6 +177,7 @@ class Hub:
 
     async def remove(self, member: Member, reason: str) -> None:
         """Forget a member that disconnected, and tell everyone who shared a room with it."""
+        self.flush()
         async with self.lock:
             if self._by_key.get(nick_key(member.nick)) is not member:
                 return
@@ -216,6 +233,7 @@ class Hub:
 
     def join(self, member: Member, name: str) -> None:
         """Join ``name`` (creating it) and make it active; if already joined, just switch."""
+        self.flush()
         key = room_key(validate_room(name))
         joined = member.rooms.get(key)
         if joined is not None:
@@ -239,6 +257,7 @@ class Hub:
             send(member, replace(past, history=True))
 
     def part(self, member: Member, name: str | None, reason: str) -> None:
+        self.flush()
         room = self._member_room(member, name)
         deliver(room.members, Part(room=room.name, nick=member.nick, text=reason))
         self._leave(member, room)
@@ -253,6 +272,7 @@ class Hub:
                 )
 
     def rooms(self, member: Member) -> None:
+        self.flush()
         listing = sorted(self._rooms.values(), key=lambda r: room_key(r.name))
         send(
             member,
@@ -264,10 +284,12 @@ class Hub:
         return Who(room=room.name, members=tuple(nicks))
 
     def who(self, member: Member, name: str | None) -> None:
+        self.flush()
         room = self._member_room(member, None) if name is None else self._existing_room(name)
         send(member, self._who(room))
 
     def topic(self, member: Member, name: str | None, text: str | None) -> None:
+        self.flush()
         if text is None:
             room = self._member_room(member, None) if name is None else self._existing_room(name)
             send(member, Topic(room=room.name, text=room.topic))
@@ -283,20 +305,48 @@ class Hub:
         deliver(room.members, Topic(room=room.name, nick=member.nick, text=text))
 
     # --- messages -------------------------------------------------------------------------
+    #
+    # Room messages are the hot path: they are batched per room and flushed once per event
+    # loop iteration, so a member gets one push with everything said in that iteration
+    # instead of one push per message. Every other entry point (and every direct send by a
+    # session) flushes first, so each recipient still sees events in the order they happened.
+
+    def _post(self, room: Room, event: Event) -> None:
+        pending = self._pending.get(room)
+        if pending is not None:
+            pending.append(event)
+            return
+        self._pending[room] = [event]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Deliver the room messages batched so far. Cheap when there are none."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        for room, events in pending.items():
+            if len(events) == 1:
+                deliver(room.members, events[0])
+            else:
+                deliver_batch(room.members, events)
 
     def say(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
         event = Message(room=room.name, nick=member.nick, text=text)
         room.history.append(event)
-        deliver(room.members, event)
+        self._post(room, event)
 
     def act(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
         event = Action(room=room.name, nick=member.nick, text=text)
         room.history.append(event)
-        deliver(room.members, event)
+        self._post(room, event)
 
     def private(self, member: Member, nick: str, text: str) -> None:
+        self.flush()
         target = self.find(nick)
         if target is None:
             raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")

@@ -182,6 +182,8 @@ class Session:
         self._queued_bytes += len(data)
 
     def send(self, event: Event) -> None:
+        """Send an event of this session's own (a reply, an error, a bye) in its place."""
+        self.hub.flush()
         self.push(render(event, self._dialect))
 
     # --- lifecycle -----------------------------------------------------------------------

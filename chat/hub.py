@@ -112,7 +112,7 @@ class Hub:
 
     def __init__(self, *, history: int = 50, max_rooms: int = DEFAULT_MAX_ROOMS) -> None:
         self.lock = asyncio.Lock()
-        self._pending: dict[Room, list[Event]] = {}
+        self._pending: list[tuple[Room, Event]] = []
         self._flush_scheduled = False
         self.history_length = history
         self.max_rooms = max_rooms
@@ -167,6 +167,7 @@ class Hub:
             self._check_available(nick, owner=member)
             old = member.nick
             if nick == old:
+                send(member, Notice(text=f"You are already called {nick}."))
                 return
             del self._by_key[nick_key(old)]
             del self._by_skeleton[nick_skeleton(old)]
@@ -312,26 +313,28 @@ class Hub:
     # session) flushes first, so each recipient still sees events in the order they happened.
 
     def _post(self, room: Room, event: Event) -> None:
-        pending = self._pending.get(room)
-        if pending is not None:
-            pending.append(event)
-            return
-        self._pending[room] = [event]
+        self._pending.append((room, event))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Deliver the room messages batched so far. Cheap when there are none."""
+        """Deliver the room messages batched so far, in order. Cheap when there are none."""
         self._flush_scheduled = False
         if not self._pending:
             return
-        pending, self._pending = self._pending, {}
-        for room, events in pending.items():
-            if len(events) == 1:
-                deliver(room.members, events[0])
+        pending, self._pending = self._pending, []
+        start = 0
+        while start < len(pending):  # one batch per run of consecutive events in one room
+            room = pending[start][0]
+            end = start + 1
+            while end < len(pending) and pending[end][0] is room:
+                end += 1
+            if end - start == 1:
+                deliver(room.members, pending[start][1])
             else:
-                deliver_batch(room.members, events)
+                deliver_batch(room.members, [event for _, event in pending[start:end]])
+            start = end
 
     def say(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)

@@ -118,12 +118,22 @@ _UNSAFE_CODEPOINTS: Final = (
     + list(range(0x202A, 0x202F))
     + list(range(0x2066, 0x206A))
 )
-_SANITIZE_TABLE: Final = dict.fromkeys(_UNSAFE_CODEPOINTS)
-_UNSAFE_RE: Final = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNSAFE_CODEPOINTS) + "]")
+# Lone surrogates cannot be encoded as UTF-8; JSON's "\ud800" escapes can produce them.
+_SURROGATES: Final = range(0xD800, 0xE000)
+_SANITIZE_TABLE: Final[dict[int, str | None]] = {
+    **dict.fromkeys(_UNSAFE_CODEPOINTS),
+    **dict.fromkeys(_SURROGATES, "\ufffd"),
+}
+_UNSAFE_RE: Final = re.compile(
+    "[" + "".join(re.escape(chr(c)) for c in _UNSAFE_CODEPOINTS) + "\ud800-\udfff]"
+)
 
 
 def sanitize(text: str) -> str:
-    """Remove every character that could control a terminal or forge a line."""
+    """Remove every character that could control a terminal or forge a line.
+
+    Lone surrogates become U+FFFD, as invalid UTF-8 does, so every text can be encoded.
+    """
     if _UNSAFE_RE.search(text) is None:
         return text
     return text.translate(_SANITIZE_TABLE)
@@ -158,12 +168,20 @@ class FrameError(Enum):
 class LineFramer:
     """Cut a byte stream into lines without ever holding more than ``max_line`` bytes.
 
-    Accepts ``\\n`` and ``\\r\\n``. A line longer than ``max_line`` is discarded up to its
-    newline and reported once as ``OVERLONG``; if ``max_garbage`` bytes go by without any
-    newline, ``NO_NEWLINE`` is reported and the framer stops producing lines.
+    Accepts ``\\n``, ``\\r\\n`` and telnet's ``\\r\\0``. A line longer than ``max_line`` is
+    discarded up to its newline and reported once as ``OVERLONG``; if ``max_garbage`` bytes go
+    by without any newline, ``NO_NEWLINE`` is reported and the framer stops producing lines.
     """
 
-    __slots__ = ("_dead", "_discarded", "_discarding", "_max_garbage", "_max_line", "_partial")
+    __slots__ = (
+        "_dead",
+        "_discarded",
+        "_discarding",
+        "_last_was_cr",
+        "_max_garbage",
+        "_max_line",
+        "_partial",
+    )
 
     def __init__(self, max_line: int, max_garbage: int) -> None:
         self._max_line = max_line
@@ -172,11 +190,17 @@ class LineFramer:
         self._discarding = False
         self._discarded = 0
         self._dead = False
+        self._last_was_cr = False
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Lines (without terminator, telnet stripped) completed by ``data``, in order."""
         if self._dead:
             return []
+        if b"\r\0" in data:  # telnet sends Enter as CR NUL in character mode
+            data = data.replace(b"\r\0", b"\r\n")
+        if data[:1] == b"\0" and self._last_was_cr:
+            data = b"\n" + data[1:]
+        self._last_was_cr = data.endswith(b"\r")
         out: list[bytes | FrameError] = []
         start = 0
         while True:
@@ -823,9 +847,8 @@ class Who(Event):
     members: tuple[str, ...] = ()
 
     def as_text(self) -> str:
-        return f"{_where(self.room)}*** {len(self.members)} in {self.room}: " + ", ".join(
-            self.members
-        )
+        names = ": " + ", ".join(self.members) if self.members else ""
+        return f"{_where(self.room)}*** {len(self.members)} in {self.room}{names}"
 
     def as_dict(self) -> dict[str, Any]:
         data = Event.as_dict(self)
@@ -923,21 +946,22 @@ def parse_event(line: str | bytes) -> Event:
 
     Raises ``ValueError`` when the line is not a JSON event this version understands.
     """
-    obj = json.loads(line)
-    if not isinstance(obj, dict):
-        raise ValueError("event is not a JSON object")  # noqa: TRY004 - one error type for callers
-    cls = EVENT_TYPES.get(obj.get("type", ""))
-    if cls is None:
-        raise ValueError(f"unknown event type {obj.get('type')!r}")
-    kwargs = {name: obj[name] for name in _fields_of(cls) if name in obj}
-    if cls is RoomList:
-        kwargs["rooms"] = tuple(
-            RoomInfo(room=i["room"], members=i["members"], topic=i["topic"])
-            for i in kwargs.get("rooms", ())
-        )
-    elif cls is Who:
-        kwargs["members"] = tuple(kwargs.get("members", ()))
     try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise ValueError("event is not a JSON object")  # noqa: TRY004 - one error type
+        kind = obj.get("type")
+        cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"unknown event type {kind!r}")
+        kwargs = {name: obj[name] for name in _fields_of(cls) if name in obj}
+        if cls is RoomList:
+            kwargs["rooms"] = tuple(
+                RoomInfo(room=i["room"], members=i["members"], topic=i["topic"])
+                for i in kwargs.get("rooms", ())
+            )
+        elif cls is Who:
+            kwargs["members"] = tuple(kwargs.get("members", ()))
         return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
+    except (TypeError, KeyError, RecursionError) as exc:
+        raise ValueError(f"malformed event: {exc}") from None

@@ -251,6 +251,7 @@ class Session:
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queued_bytes = 0
+            self._queue_ended = False  # the end marker may have gone with the rest
         if not self._queue_ended:
             self._queue_ended = True
             self._queue.put_nowait(None)

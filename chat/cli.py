@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -146,6 +148,34 @@ def build_server_parser() -> argparse.ArgumentParser:
     add = group.add_argument
     add("--tls-cert", metavar="PATH", help="serve TLS with this certificate chain (PEM)")
     add("--tls-key", metavar="PATH", help="private key for --tls-cert (PEM)")
+    group = parser.add_argument_group("cluster (see README, Cluster mode)")
+    add = group.add_argument
+    add(
+        "--redis",
+        metavar="URL",
+        help="join the cluster that shares this Redis, e.g. "
+        "redis://127.0.0.1:6379/0 (default: no cluster, this process is the whole chat)",
+    )
+    add(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N processes on one port (SO_REUSEPORT); needs --redis",
+    )
+    add(
+        "--node-id",
+        default="",
+        metavar="NAME",
+        help="this node's name in the cluster (default: host-pid-random)",
+    )
+    add(
+        "--redis-prefix",
+        default="chat:",
+        metavar="PREFIX",
+        help="prefix of every Redis key and channel, to share one Redis between chats",
+    )
+    add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -159,6 +189,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_per_ip=args.max_per_ip,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        redis_url=args.redis,
+        node_id=args.node_id,
+        redis_prefix=args.redis_prefix,
+        reuse_port=args.reuse_port,
         limits=Limits(
             max_line=args.max_line,
             send_queue=args.send_queue,
@@ -209,11 +243,18 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.workers > 1 and not args.redis:
+        parser.error(
+            "--workers above 1 needs --redis: separate processes share one chat only "
+            "through a cluster"
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.workers > 1:
+        return run_workers(args, list(sys.argv[1:] if argv is None else argv))
     factory = loop_factory(args.loop)
     log.debug("event loop: %s", "uvloop" if factory else "asyncio")
     try:
@@ -222,6 +263,64 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
         return 1
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` minus ``option`` and its value (``--option V`` or ``--option=V``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """Start ``--workers`` servers on one port and supervise them until a signal.
+
+    This parent runs no event loop: it only starts children, forwards SIGINT/SIGTERM to
+    them, and waits. With ``--port 0`` it reserves a port first (bound with SO_REUSEPORT,
+    never listening) so every child binds the same one.
+    """
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind((args.host or "0.0.0.0", args.port))
+    port = reserved.getsockname()[1]
+    base = _without_option(_without_option(argv, "--workers"), "--port")
+    base = _without_option(base, "--node-id")
+    prefix = args.node_id or socket.gethostname()
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chat",
+                *base,
+                "--port",
+                str(port),
+                "--reuse-port",
+                "--node-id",
+                f"{prefix}-w{index}",
+            ]
+        )
+        for index in range(args.workers)
+    ]
+    reserved.close()
+    log.info("started %d workers on port %d", len(children), port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [child.wait() for child in children]
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class ErrorCode(StrEnum):
     TOPIC_TOO_LONG = "topic_too_long"
     LINE_TOO_LONG = "line_too_long"
     FLOOD = "flood"
+    CLUSTER_DOWN = "cluster_down"
     # Reasons a connection is closed (sent in a ``bye`` event).
     QUIT = "quit"
     SERVER_SHUTDOWN = "server_shutdown"

@@ -19,11 +19,15 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from chat.errors import ErrorCode
-from chat.hub import DEFAULT_MAX_ROOMS, Hub
+from chat.hub import DEFAULT_MAX_ROOMS, Backend, Hub
 from chat.protocol import Bye, Dialect, render
 from chat.session import Limits, Session
+
+if TYPE_CHECKING:
+    from chat.cluster import RedisBackend
 
 __all__ = ["ChatServer", "ServerConfig"]
 
@@ -46,6 +50,10 @@ class ServerConfig:
     tls_handshake_timeout: float = 10.0
     shutdown_grace: float = 5.0
     keepalive_idle: int = 60
+    reuse_port: bool = False
+    redis_url: str | None = None
+    node_id: str = ""
+    redis_prefix: str = "chat:"
 
 
 def _enable_keepalive(sock: socket.socket, idle: int) -> None:
@@ -58,9 +66,11 @@ def _enable_keepalive(sock: socket.socket, idle: int) -> None:
 
 
 class ChatServer:
-    def __init__(self, config: ServerConfig, hub: Hub | None = None) -> None:
+    def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.hub = hub or Hub(history=config.history, max_rooms=config.max_rooms)
+        self.cluster = self._cluster_backend()
+        backend: Backend | None = self.cluster
+        self.hub = Hub(history=config.history, max_rooms=config.max_rooms, backend=backend)
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -80,8 +90,21 @@ class ChatServer:
     ) -> None:
         await self.close()
 
+    def _cluster_backend(self) -> RedisBackend | None:
+        if not self.config.redis_url:
+            return None
+        # Imported here so that a single process never needs redis-py.
+        from chat.cluster import ClusterSettings, RedisBackend  # noqa: PLC0415
+
+        settings = ClusterSettings(
+            url=self.config.redis_url, node_id=self.config.node_id, prefix=self.config.redis_prefix
+        )
+        return RedisBackend(settings, history=self.config.history)
+
     async def start(self) -> None:
         ssl_context = self._ssl_context()
+        if self.cluster is not None:
+            await self.cluster.start(self.hub)
         self._server = await asyncio.start_server(
             self._handle,
             self.config.host,
@@ -89,6 +112,7 @@ class ChatServer:
             ssl=ssl_context,
             ssl_handshake_timeout=self.config.tls_handshake_timeout if ssl_context else None,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
         )
         log.info(
             "listening on %s%s",
@@ -205,6 +229,8 @@ class ChatServer:
             await asyncio.wait(set(self._handlers))
         if self._server is not None:
             await self._server.wait_closed()
+        if self.cluster is not None:
+            await self.cluster.close()
         self._closed.set()
         log.info("stopped")
 

@@ -41,18 +41,26 @@ def _positive(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show every option's default, in words where a bare value would mislead (None, "")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_server_parser() -> argparse.ArgumentParser:
     defaults = ServerConfig()
     limits = Limits()
     parser = argparse.ArgumentParser(
         prog="chat-server",
         description="A chat server for telnet, netcat and programs. Protocol: protocol.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("--version", action="version", version=f"chat-server {__version__}")
-    # "%(default).0s" prints nothing; it only stops argparse from appending "(default: None)".
-    add("--host", default=None, help="address to listen on (default: all interfaces%(default).0s)")
+    add("--host", default=None, help="address to listen on (default: all interfaces)")
     add("--port", type=_count, default=defaults.port, help="TCP port; 0 picks a free one")
     add(
         "--history",

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Final
+from typing import Final, cast
 
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
@@ -150,7 +150,8 @@ class Session:
         self._dialect = Dialect.TEXT
         self._reader = reader
         self._writer = writer
-        self._transport = writer.transport
+        # A stream's transport reads too; the StreamWriter only types it as a WriteTransport.
+        self._transport = cast(asyncio.Transport, writer.transport)
         self._framer = LineFramer(limits.max_line, limits.max_garbage)
         self._flood = FloodGate(limits.rate, limits.burst)
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(
@@ -255,6 +256,9 @@ class Session:
         if not self._queue_ended:
             self._queue_ended = True
             self._queue.put_nowait(None)
+        # Wake the reader with an EOF; stop the transport first, or the peer's next bytes
+        # would be fed to a reader that has already seen its end.
+        self._transport.pause_reading()
         self._reader.feed_eof()
 
     async def _flush(self, writer_task: asyncio.Task[None]) -> None:

@@ -1689,6 +1689,10 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--max-clients": str(config.max_clients),
         "--max-per-ip": str(config.max_per_ip),
         "--max-rooms": str(config.max_rooms),
+        "--redis": "no cluster, this process is the whole chat",
+        "--workers": "1",
+        "--node-id": "host-pid-random",
+        "--redis-prefix": config.redis_prefix,
     }
     blocks = help_blocks()
     assert set(expected) | {"-h", "--version", "--tls-cert", "--tls-key"} == set(blocks)

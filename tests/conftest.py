@@ -16,13 +16,15 @@ StartServer = Callable[..., Awaitable[ChatServer]]
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[StartServer]:
-    """Start servers with config overrides (``limits`` fields too); all closed at teardown."""
+    """Start servers with config overrides (``limits`` fields too, and ``port`` to restart one
+    on the port it had); every one is closed at teardown."""
     servers: list[ChatServer] = []
 
     async def start(**overrides: Any) -> ChatServer:
         limit_names = {f.name for f in dataclasses.fields(Limits)}
         limits = Limits(**{k: overrides.pop(k) for k in list(overrides) if k in limit_names})
-        config = ServerConfig(host="127.0.0.1", port=0, limits=limits, **overrides)
+        settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, **overrides}
+        config = ServerConfig(limits=limits, **settings)
         server = ChatServer(config)
         await server.start()
         servers.append(server)

@@ -1,0 +1,469 @@
+"""The terminal UI, headless: prompt_toolkit's pipe input and DummyOutput, a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, History
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from chat.client import Backoff, Connection, connect
+from chat.protocol import (
+    Action,
+    Bye,
+    Error,
+    Event,
+    Join,
+    Message,
+    Nick,
+    Notice,
+    Part,
+    Private,
+    Quit,
+    Topic,
+    Who,
+)
+from chat.server import ChatServer, ServerConfig
+from chat.tui import (
+    ChatCompleter,
+    ChatState,
+    ChatUI,
+    MessagePane,
+    RoomView,
+    format_event,
+    history_path,
+    nick_style,
+    plain_text,
+    wrap,
+)
+from tests.conftest import StartServer
+from tests.helpers import WAIT, JsonClient
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Poll UI state until ``check()`` holds; fail after WAIT seconds."""
+    async with asyncio.timeout(WAIT):
+        while not check():  # noqa: ASYNC110 - polling state with a deadline
+            await asyncio.sleep(0.01)
+
+
+class Terminal:
+    """A running ChatUI with a keyboard (pipe input) and no screen (DummyOutput)."""
+
+    def __init__(self, ui: ChatUI, keys: PipeInput, task: asyncio.Task[int]) -> None:
+        self.ui = ui
+        self.keys = keys
+        self.task = task
+
+    def type(self, text: str) -> None:
+        self.keys.send_text(text)
+
+    def text(self) -> str:
+        """The active pane's lines, unwrapped."""
+        return "\n".join(plain_text(line) for line in self.ui.state.view.lines)
+
+    async def shows(self, text: str) -> None:
+        await eventually(lambda: text in self.text())
+
+    async def exited(self) -> int:
+        async with asyncio.timeout(WAIT):
+            return await self.task
+
+
+@contextlib.asynccontextmanager
+async def terminal(
+    conn: Connection,
+    more: AsyncGenerator[Connection, None] | None = None,
+    history: History | None = None,
+) -> AsyncIterator[Terminal]:
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        ui = ChatUI(conn, more, history=history)
+        task = asyncio.create_task(ui.run())
+        try:
+            yield Terminal(ui, keys, task)
+        finally:
+            if not task.done():
+                ui.exit()
+            async with asyncio.timeout(WAIT):
+                await task
+
+
+def address(server: ChatServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+# --- the UI against a real server --------------------------------------------------------------
+
+
+async def test_typing_a_line_sends_it(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        term.type("hello bob\r")
+        assert (await bob.expect("message", nick="alice")).text == "hello bob"
+        await term.shows("<alice> hello bob")
+        term.type("/me waves\r")
+        assert (await bob.expect("action", nick="alice")).text == "waves"
+        term.type("/msg bob psst\r")
+        assert (await bob.expect("private", nick="alice")).text == "psst"
+        await term.shows("[msg -> bob] <alice> psst")
+        await eventually(lambda: not term.ui.state.pending)  # every line was echoed back
+    await bob.close()
+
+
+async def test_an_incoming_message_shows_in_the_pane(server: ChatServer) -> None:
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        bob = await JsonClient.connect(server.port, nick="bob")
+        await term.shows("--> bob joined #lobby")
+        await eventually(lambda: "bob" in term.ui.state.view.members.values())
+        await bob.send({"type": "say", "text": "hi alice \x1b[2J"})
+        await term.shows("<bob> hi alice [2J")  # the escape character never reaches the screen
+        await bob.send({"type": "msg", "nick": "alice", "text": "private"})
+        await term.shows("[msg] <bob> private")
+        await bob.close()
+        await term.shows("<-- bob quit")
+        await eventually(lambda: "bob" not in term.ui.state.view.members.values())
+
+
+async def test_completion_offers_nicknames_and_commands(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        await eventually(lambda: "bob" in term.ui.state.view.members.values())
+        buffer = term.ui.input.buffer
+        term.type("/jo\t")
+        await eventually(lambda: buffer.text == "/join ")
+        term.type("#lo\t")
+        await eventually(lambda: buffer.text == "/join #lobby ")
+        buffer.reset()
+        term.type("b\t")
+        await eventually(lambda: buffer.text == "bob: ")
+        term.type("see /wh\t")  # commands only at the start of a line
+        await eventually(lambda: buffer.text == "bob: see /wh")
+        buffer.reset()
+        term.type("/p\t")  # two candidates: the menu opens, Tab walks it
+        await eventually(lambda: buffer.complete_state is not None)
+        names = [c.text for c in buffer.complete_state.completions] if buffer.complete_state else []
+        assert names == ["/part ", "/ping "]
+        buffer.reset()
+    await bob.close()
+
+
+async def test_quit_exits_and_tells_the_room(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    conn = await connect(address(server), nick="alice")
+    async with terminal(conn) as term:
+        term.type("/quit lunch time\r")
+        assert await term.exited() == 0
+    assert (await bob.expect("quit", nick="alice")).text == "lunch time"
+    assert conn.closed
+    assert not conn.lost
+    await bob.close()
+
+
+@pytest.mark.parametrize("key", ["\x03", "\x04"], ids=["ctrl-c", "ctrl-d"])
+async def test_ctrl_c_and_ctrl_d_exit(server: ChatServer, key: str) -> None:
+    conn = await connect(address(server), nick="alice")
+    async with terminal(conn) as term:
+        term.type(key)
+        assert await term.exited() == 0
+    assert conn.closed
+
+
+async def test_ctrl_d_deletes_when_the_line_is_not_empty(server: ChatServer) -> None:
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        term.type("ab\x01\x04")  # Ctrl-A to the start, Ctrl-D deletes the 'a'
+        await eventually(lambda: term.ui.input.text == "b")
+        assert not term.task.done()
+
+
+async def test_join_opens_a_pane_and_part_closes_it(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0)  # many queries: no flood control
+    async with terminal(await connect(address(server), nick="alice", rate=0)) as term:
+        state = term.ui.state
+        term.type("/join #dev\r")
+        await eventually(lambda: state.room == "#dev")
+        await term.shows("--> alice joined #dev")
+        term.type("/topic shipping today\r")
+        await eventually(lambda: state.view.topic == "shipping today")
+        assert "#dev: shipping today" in plain_text(term.ui._topbar())
+        term.type("/join #lobby\r")  # already in: just switch panes
+        await eventually(lambda: state.room == "#lobby")
+        term.type("\x0e")  # Ctrl-N: next room
+        await eventually(lambda: state.room == "#dev")
+        term.type("/part\r")
+        await eventually(lambda: list(state.views) == ["#lobby"])
+        assert state.room == "#lobby"
+        term.type("/who\r")
+        await term.shows("--- 1 in #lobby: alice")
+        term.type("/rooms\r")
+        await term.shows("#lobby (1)")
+        term.type("/nosuch\r")
+        await term.shows("!!! Unknown command /nosuch")
+        term.type("/msg nobody hello\r")
+        await term.shows("!!! Nobody called 'nobody' is online.")
+        term.type("/nick root\r")
+        await term.shows("nickname 'root' unavailable")
+        term.type("/help\r")
+        await term.shows("PageUp/PageDown")
+
+
+async def test_status_bar_counts_unread_lines_in_other_rooms(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        term.type("/join #dev\r")
+        await eventually(lambda: term.ui.state.room == "#dev")
+        await bob.send({"type": "say", "room": "#lobby", "text": "one"})
+        await bob.send({"type": "say", "room": "#lobby", "text": "two"})
+        await eventually(lambda: term.ui.state.views["#lobby"].unread == 2)
+        status = plain_text(term.ui._statusbar())
+        assert "connected" in status
+        assert "1:#lobby(2)" in status
+        assert "2:#dev" in status
+        term.type("\x1b1")  # Alt-1
+        await eventually(lambda: term.ui.state.room == "#lobby")
+        assert term.ui.state.views["#lobby"].unread == 0
+        assert plain_text(term.ui._prompt()) == "#lobby alice> "
+    await bob.close()
+
+
+async def test_history_persists_across_runs(server: ChatServer, tmp_path: Path) -> None:
+    path = tmp_path / "history"
+    async with terminal(
+        await connect(address(server), nick="alice"), history=FileHistory(path)
+    ) as t:
+        t.type("first line\r")
+        await t.shows("<alice> first line")
+        t.type("/quit\r")
+        await t.exited()
+    async with terminal(
+        await connect(address(server), nick="alice"), history=FileHistory(path)
+    ) as t:
+        await eventually(lambda: "first line" in t.ui.input.buffer.history.get_strings())
+        t.type("\x1b[A")  # Up
+        await eventually(lambda: t.ui.input.text == "/quit")
+        t.type("\x1b[A")
+        await eventually(lambda: t.ui.input.text == "first line")
+
+
+def test_history_lives_under_xdg_state_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert history_path() == tmp_path / "chat" / "history"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert history_path() == tmp_path / ".local" / "state" / "chat" / "history"
+
+
+async def test_reconnect_shows_status_and_what_was_not_sent(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, shutdown_grace=1.0)
+    port = server.port
+    connector = connect(f"127.0.0.1:{port}", nick="alice", backoff=Backoff(0.05, 0.2))
+    more = aiter(connector)
+    async with terminal(await anext(more), more) as term:
+        ui = term.ui
+        connector.on_retry = ui.on_retry  # as run_tui does
+        term.type("/join #dev\r")
+        await eventually(lambda: ui.state.room == "#dev")
+        await server.close()
+        await eventually(lambda: ui.link == "reconnecting")
+        await term.shows("Reconnecting; lines you type meanwhile are not sent.")
+        await eventually(lambda: "Connection refused" in plain_text(ui._statusbar()))
+        term.type("are you there?\r")
+        await term.shows("Not sent (not connected): are you there?")
+        restarted = ChatServer(ServerConfig(host="127.0.0.1", port=port, max_per_ip=0))
+        await restarted.start()
+        try:
+            await eventually(lambda: ui.link == "connected")
+            await term.shows("Reconnected as alice; rejoining #lobby, #dev.")
+            await eventually(lambda: "alice" in ui.state.views["#dev"].members.values())
+            term.type("back again\r")
+            await term.shows("<alice> back again")
+            assert ui.state.room == "#dev"
+        finally:
+            ui.exit()
+            await term.exited()
+            await restarted.close()
+
+
+async def test_a_burst_does_not_freeze_typing(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0, send_queue=4 * 1024 * 1024)
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        await eventually(lambda: "bob" in term.ui.state.view.members.values())
+        burst = b"".join(
+            json.dumps({"type": "say", "text": f"burst {i}"}).encode() + b"\n" for i in range(1000)
+        )
+        bob.writer.write(burst)
+        term.type("typed during the burst\r")
+        assert (await bob.expect("message", nick="alice")).text == "typed during the burst"
+        await term.shows("<bob> burst 999")
+        assert len(term.ui.state.view.lines) <= term.ui.state.scrollback
+    await bob.close()
+
+
+# --- pieces, directly ----------------------------------------------------------------------------
+
+
+def make_state() -> ChatState:
+    state = ChatState("alice")
+    state.apply(Join(room="#lobby", nick="alice"))
+    state.apply(Who(room="#lobby", members=("alice", "bob", "Bea", "carol")))
+    state.apply(Join(room="#dev", nick="alice"))
+    state.apply(Join(room="#dev", nick="dave"))
+    return state
+
+
+def completions(state: ChatState, text: str) -> list[str]:
+    completer = ChatCompleter(state)
+    return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
+
+
+def test_completer_commands_nicknames_and_rooms() -> None:
+    state = make_state()
+    assert completions(state, "/jo") == ["/join "]
+    assert "/quit " in completions(state, "/")
+    assert "/clear " in completions(state, "/cl")  # local commands too
+    assert completions(state, "/help to") == ["topic"]
+    assert completions(state, "da") == ["dave: "]  # addressing someone: "nick: "
+    assert completions(state, "hi b") == ["bob ", "Bea "]  # case-insensitive
+    assert completions(state, "/msg ca") == ["carol "]
+    assert completions(state, "/join #l") == ["#lobby "]
+    assert completions(state, "/part ") == ["#lobby ", "#dev "]
+    assert completions(state, "see #d") == ["#dev "]
+    assert completions(state, "al") == []  # not yourself
+    state.switch("#dev")
+    assert completions(state, "")[0] == "dave: "  # the active room's members first
+
+
+def test_own_private_system_and_error_lines_look_different() -> None:
+    def styles(event: Event) -> str:
+        return " ".join(fragment[0] for fragment in format_event(event, "alice")[0])
+
+    assert "class:own" in styles(Message(room="#lobby", nick="alice", text="mine"))
+    assert "class:own" not in styles(Message(room="#lobby", nick="bob", text="theirs"))
+    assert "class:private" in styles(Private(nick="bob", target="alice", text="psst"))
+    assert "class:system" in styles(Join(room="#lobby", nick="bob"))
+    assert "class:error" in styles(Error(code="flood", text="slow down"))
+    assert "class:history" in styles(Message(room="#l", nick="bob", text="old", history=True))
+    assert "class:time" in styles(Message(room="#lobby", nick="bob", text="hi"))
+    assert "class:action" in styles(Action(room="#lobby", nick="bob", text="waves"))
+
+
+def test_timestamps_are_local_time() -> None:
+    ts = time.mktime((2024, 5, 1, 13, 7, 0, 0, 0, -1))
+    line = format_event(Message(ts=ts, room="#lobby", nick="bob", text="hi"), "alice")[0]
+    assert plain_text(line) == "13:07 <bob> hi"
+    old = format_event(Message(ts=ts, room="#l", nick="bob", text="hi", history=True), "alice")
+    assert plain_text(old[0]).startswith("May 01 13:07 ")  # replayed from another day: dated
+
+
+def test_nick_colours_are_stable_and_case_insensitive() -> None:
+    assert nick_style("Bob") == nick_style("bob")
+    assert nick_style("bob") == "ansicyan"  # crc32: the same in every run
+    assert len({nick_style(f"user{i}") for i in range(50)}) > 5
+    assert all("red" not in nick_style(f"user{i}") for i in range(50))  # red means errors
+
+
+def test_peer_text_is_sanitised() -> None:
+    nasty = "\x1b]0;owned\x07\x1b[2J\u202eevil\r\nforged\x9b31m"
+    for event in (
+        Message(room="#lobby", nick="bob\x1b[31m", text=nasty),
+        Topic(room="#lobby", nick="bob", text=nasty),
+        Notice(text=nasty),
+        Bye(code="x", text=nasty),
+        Nick(nick="bob", new_nick=nasty),
+        Quit(nick="bob", text=nasty),
+    ):
+        for line in format_event(event, "alice"):
+            text = plain_text(line)
+            assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text), repr(text)
+            assert "\u202e" not in text
+
+
+def test_scrollback_is_capped_and_pages() -> None:
+    state = ChatState("alice", scrollback=100)
+    state.apply(Join(room="#lobby", nick="alice"))
+    for i in range(250):
+        state.apply(Message(room="#lobby", nick="bob", text=f"line {i}"))
+    view = state.view
+    assert len(view.lines) == 100
+    pane = MessagePane(state)
+    pane.create_content(60, 10)
+    bottom = [plain_text(r) for r in pane.rows(60, 10)]
+    assert bottom[-1].endswith("line 249")
+    pane.page(+1)
+    assert [plain_text(r) for r in pane.rows(60, 10)][-1].endswith("line 241")
+    state.apply(Message(room="#lobby", nick="bob", text="new"))  # the view stays put
+    assert [plain_text(r) for r in pane.rows(60, 10)][-1].endswith("line 241")
+    for _ in range(50):
+        pane.page(+1)
+    assert plain_text(pane.rows(60, 10)[0]).endswith("line 151")  # the oldest
+    for _ in range(50):
+        pane.page(-1)
+    assert view.scroll == 0
+    assert [plain_text(r) for r in pane.rows(60, 10)][-1].endswith("new")
+
+
+def test_long_lines_wrap_under_the_text() -> None:
+    line = format_event(Message(room="#l", nick="bob", text="word " * 20), "alice")[0]
+    rows = [plain_text(r) for r in wrap(line, 30)]
+    assert all(len(r) <= 30 for r in rows)
+    assert all(r.rstrip().endswith("word") for r in rows)  # broken between words
+    assert all(r.startswith(" " * 6 + "word") for r in rows[1:])  # indented under the text
+    assert len(rows) == 6
+    assert [plain_text(r) for r in wrap([("", "漢字漢字")], 4)] == ["漢字", "漢字"]  # wide: 2 cells
+
+
+def test_members_follow_joins_parts_quits_and_renames() -> None:
+    state = make_state()
+    lobby = state.views["#lobby"]
+    state.apply(Nick(nick="bob", new_nick="robert"))
+    assert "robert" in lobby.members.values()
+    assert "bob" not in lobby.members.values()
+    state.apply(Part(room="#lobby", nick="carol", text="bye"))
+    state.apply(Quit(nick="robert", text="gone"))
+    assert lobby.sorted_members() == ["alice", "Bea"]
+    assert "<-- robert quit (gone)" in plain_text(lobby.lines[-1])
+    state.apply(Nick(nick="alice", new_nick="alicia"))
+    assert state.nick == "alicia"
+
+
+def test_replayed_history_is_not_shown_twice() -> None:
+    state = make_state()
+    said = Message(room="#lobby", nick="bob", text="once")
+    state.apply(said)
+    state.apply(Message(id=said.id, room="#lobby", nick="bob", text="once", history=True))
+    texts = [plain_text(line) for line in state.views["#lobby"].lines]
+    assert sum("once" in t for t in texts) == 1
+
+
+def test_lines_in_doubt_are_reported_when_the_connection_drops() -> None:
+    state = make_state()
+    state.sent("say", "#lobby", "confirmed")
+    state.sent("say", "#lobby", "refused")
+    state.sent("say", "#lobby", "in flight")
+    state.apply(Message(room="#lobby", nick="alice", text="confirmed"))
+    state.apply(Error(code="flood", text="Too fast"))
+    state.connection_lost("connection closed")
+    texts = [plain_text(line) for line in state.view.lines[-2:]]
+    assert "Reconnecting" in texts[0]
+    assert texts[1].endswith("Not confirmed by the server before the connection dropped: in flight")
+    assert state.pending == []
+
+
+def test_room_view_dedup_memory_is_bounded() -> None:
+    view = RoomView("#x", scrollback=10)
+    for i in range(100):
+        assert view.first_sight(str(i))
+    assert not view.first_sight("99")
+    assert view.first_sight("0")  # long forgotten

@@ -313,7 +313,10 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
                 "--reuse-port",
                 "--node-id",
                 f"{prefix}-w{index}",
-            ]
+            ],
+            # Their own process group: a Ctrl-C at the terminal reaches only this parent,
+            # which forwards it once (a second signal would make a child abort).
+            start_new_session=True,
         )
         for index in range(args.workers)
     ]

@@ -2,19 +2,29 @@
 
 It speaks this project's text dialect (``--protocol chat``) or IRC (``--protocol irc``, for
 ngIRCd and other C servers), so every server is measured by the same program. Each message
-carries a marker and the monotonic send time in nanoseconds; receivers count markers with
-``bytes.count`` (C speed) and a few *probe* clients parse the times for latency, so the
-generator stays cheap per delivery and is not the bottleneck.
+carries a marker and the monotonic send time in nanoseconds.
+
+The generator must not be the bottleneck, so its receive path is cheap per delivery: every
+connection is a raw non-blocking socket read by a loop callback with ``recv_into`` into one
+shared buffer (no allocation per read), deliveries are counted with ``bytearray.count`` on
+the marker (C speed; a marker cut between two reads is caught by a two-byte carry), and only
+a few *probe* clients parse send times, from the first ``--probe-bytes`` of each read. Flat
+out, each sender writes ``--batch`` lines in one ``send``.
 
 Scenarios (one JSON summary line per run on stdout):
 
 - ``fanout``: C clients in one room, S of them sending, at a total rate R or flat out, for T
   seconds: sent, expected and received deliveries, loss, deliveries/s, latency p50/p99/max.
 - ``conns``: N registered idle clients: time to connect and register them all, and the
-  server's memory per connection (with ``--server-pid``).
-- ``slow``: like fanout at a fixed rate, but K clients stop reading: the healthy clients'
-  latency and loss, the server's memory over time, whether and when the slow ones were
-  dropped.
+  server's memory per connection (with ``--server-pid``). ``--join`` also joins the room.
+- ``slow``: like fanout (give it a ``--rate``), but K clients stop reading: the healthy
+  clients' latency and loss, the server's memory over time, whether and when the slow ones
+  were dropped.
+
+With ``--server-pid`` the summary also says how busy each side's core was
+(``cores_busy``, from /proc/stat, so kernel softirq time and other processes count) and how
+much CPU each process used, which tells whether the server, the generator or neither was
+the limit.
 """
 
 from __future__ import annotations
@@ -30,23 +40,33 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 __all__ = ["main"]
 
 MARKER: Final = b"~B~"
-_STAMP_RE: Final = re.compile(rb"~B~ (\d+)")
+# A stamp counts only when the space after it arrived too, so a number cut at the end of a
+# read is never taken for a (wrong) time.
+_STAMP_RE: Final = re.compile(rb"~B~ (\d+) ")
 ROOM: Final = "#bench"
 TCP_CLOSE: Final = 7
 TCP_CLOSE_WAIT: Final = 8
+DROPPED_STATES: Final = (TCP_CLOSE, TCP_CLOSE_WAIT)
+READ_SIZE: Final = 1 << 18
+_BUFFER: Final = bytearray(READ_SIZE)  # shared: each read is processed before the next
 
 
-def raise_file_limit() -> int:
-    """Allow as many sockets as the hard limit permits; 20,000 clients need more than 1024."""
+def raise_file_limit(wanted: int = 1 << 17) -> int:
+    """Allow enough sockets for 20,000 clients; root may raise the hard limit too."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling),) * 2)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -75,6 +95,19 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def core_times() -> dict[int, tuple[int, int]]:
+    """Per core (busy, total) jiffies from /proc/stat; busy includes irq and softirq."""
+    found: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                ticks = [int(v) for v in values[:8]]
+                idle = ticks[3] + ticks[4]  # idle + iowait
+                found[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return found
+
+
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
     if not sorted_values:
         return None
@@ -82,19 +115,31 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
     return sorted_values[index]
 
 
-@dataclass(slots=True)
 class Client:
-    """One benchmark connection and what it has received."""
+    """One benchmark connection: a raw non-blocking socket and what it has received."""
 
-    index: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    probe: bool = False
-    received: int = 0
-    latencies_ns: list[int] = field(default_factory=list)
-    tail: bytes = b""
-    progress: asyncio.Event | None = None  # set on every read, for the clock client
-    reader_task: asyncio.Task[None] | None = None
+    __slots__ = (
+        "carry",
+        "closed_at",
+        "index",
+        "latencies_ns",
+        "on_progress",
+        "pending",
+        "probe",
+        "received",
+        "sock",
+    )
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.probe = False
+        self.received = 0
+        self.latencies_ns: list[int] = []
+        self.carry = b""  # the last two bytes read: a marker may straddle two reads
+        self.pending = b""  # unsent output (the kernel buffer was full)
+        self.closed_at: float | None = None
+        self.on_progress: Callable[[], None] | None = None  # the clock client's wake-up
 
     @property
     def nick(self) -> str:
@@ -104,21 +149,29 @@ class Client:
 class Dialect:
     """How to register and speak in one room, per server protocol."""
 
-    def __init__(self, protocol: str) -> None:
+    def __init__(self, protocol: str, size: int = 0) -> None:
         self.irc = protocol == "irc"
+        # Pad each message's text to about ``size`` bytes (IRC caps a line at 512).
+        self.padding = "x" * max(0, size - 28)
 
-    async def register(self, client: Client) -> None:
-        w, r = client.writer, client.reader
+    async def register(self, client: Client, *, join: bool) -> None:
+        nick = client.nick
         if self.irc:
-            w.write(f"NICK {client.nick}\r\nUSER {client.nick} 0 * :bench\r\n".encode())
-            await _until(r, w, b" 001 ")
-            w.write(f"JOIN {ROOM}\r\n".encode())
-            await _until(r, w, b" 366 ")  # end of NAMES: the join is complete
+            await _send(client, f"NICK {nick}\r\nUSER {nick} 0 * :bench\r\n".encode())
+            await _until(client, b" 001 ")
+            if join:
+                await _send(client, f"JOIN {ROOM}\r\n".encode())
+                await _until(client, b" 366 ")  # end of NAMES: the join is complete
+        elif join:
+            await _send(client, f"{nick}\r\n/join {ROOM}\r\n".encode())
+            await _until(client, f"*** {nick} joined {ROOM}".encode())
         else:
-            w.write(f"{client.nick}\r\n/join {ROOM}\r\n".encode())
-            await _until(r, w, f"*** {client.nick} joined {ROOM}".encode())
+            await _send(client, f"{nick}\r\n".encode())
+            await _until(client, f"Welcome, {nick}!".encode())
 
     def message(self, payload: str) -> bytes:
+        if self.padding:
+            payload = f"{payload} {self.padding}"
         if self.irc:
             return f"PRIVMSG {ROOM} :{payload}\r\n".encode()
         return f"{payload}\r\n".encode()
@@ -128,83 +181,178 @@ class Dialect:
         return clients - 1 if self.irc else clients
 
 
-async def _until(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, needle: bytes) -> None:
-    """Read lines until one contains ``needle``; answer IRC PINGs meanwhile."""
+async def _send(client: Client, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(client.sock, data)
+
+
+async def _until(client: Client, needle: bytes) -> None:
+    """Read until a line contains ``needle``; answer IRC PINGs meanwhile."""
+    loop = asyncio.get_running_loop()
+    buffered = b""
     while True:
-        line = await reader.readline()
-        if not line:
+        data = await loop.sock_recv(client.sock, 65536)
+        if not data:
             raise ConnectionError(f"closed while waiting for {needle!r}")
-        if line.startswith(b"PING "):
-            writer.write(b"PONG " + line[5:])
-        if needle in line:
-            return
+        buffered += data
+        *lines, buffered = buffered.split(b"\n")
+        for line in lines:
+            if line.startswith(b"PING "):
+                await _send(client, b"PONG " + line[5:] + b"\n")
+            if needle in line:
+                return
+
+
+def on_readable(client: Client, irc: bool, probe_bytes: int) -> None:
+    """Loop callback: one read into the shared buffer, counted where it lies."""
+    buf = _BUFFER
+    try:
+        n = client.sock.recv_into(buf)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        n = 0
+    if not n:
+        stop_reading(client)
+        client.closed_at = time.monotonic()
+        return
+    count = buf.count(MARKER, 0, n)
+    carry = client.carry
+    if carry:
+        count += (carry + buf[: min(2, n)]).count(MARKER)
+    # Reads mostly end with a line; only a cut one can hold the start of a marker.
+    if buf[n - 1] == 10:  # b"\n"
+        client.carry = b""
+    else:
+        client.carry = bytes(buf[n - 2 : n] if n >= 2 else (carry + buf[:n])[-2:])
+    client.received += count
+    if client.probe and count:
+        now = time.monotonic_ns()
+        client.latencies_ns.extend(
+            now - int(stamp) for stamp in _STAMP_RE.findall(buf, 0, min(n, probe_bytes))
+        )
+    if irc and n < 16384 and buf.find(b"PING ", 0, n) >= 0:
+        # Servers ping idle connections, whose reads are small; a flooded one is not idle.
+        for line in bytes(buf[:n]).split(b"\n"):
+            if line.startswith(b"PING "):
+                write(client, b"PONG " + line[5:] + b"\n")
+    if client.on_progress is not None:
+        client.on_progress()
+
+
+def start_reading(client: Client, irc: bool, probe_bytes: int) -> None:
+    asyncio.get_running_loop().add_reader(client.sock, on_readable, client, irc, probe_bytes)
+
+
+def stop_reading(client: Client) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        asyncio.get_running_loop().remove_reader(client.sock)
+
+
+def write(client: Client, data: bytes) -> None:
+    """Send now; what the kernel does not take waits for the socket to become writable."""
+    if client.pending:
+        client.pending += data
+        return
+    try:
+        sent = client.sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        return  # the server closed it; the loss shows in the counts
+    if sent < len(data):
+        client.pending = data[sent:]
+        asyncio.get_running_loop().add_writer(client.sock, _flush_pending, client)
+
+
+def _flush_pending(client: Client) -> None:
+    try:
+        sent = client.sock.send(client.pending)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        sent = len(client.pending)
+    client.pending = client.pending[sent:]
+    if not client.pending:
+        asyncio.get_running_loop().remove_writer(client.sock)
+
+
+def set_lowat(clients: Sequence[Client], size: int) -> None:
+    """Wake for a client only once ``size`` bytes wait (SO_RCVLOWAT; 1 = every byte)."""
+    if size >= 1:
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, size))
+
+
+def close_all(clients: Sequence[Client]) -> None:
+    """Drop every connection at once (RST), so the next run starts clean."""
+    loop = asyncio.get_running_loop()
+    linger = struct.pack("ii", 1, 0)
+    for client in clients:
+        stop_reading(client)
+        if client.pending:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_writer(client.sock)
+        with contextlib.suppress(OSError):
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        client.sock.close()
 
 
 async def open_clients(
-    args: argparse.Namespace, count: int, dialect: Dialect, first: int = 0
-) -> list[Client]:
-    """Connect and register ``count`` clients, ``--parallel`` at a time, from many sources."""
+    args: argparse.Namespace, count: int, dialect: Dialect, *, join: bool, silent: int = 0
+) -> tuple[list[Client], Counter[str]]:
+    """Connect and register ``count`` clients, ``--parallel`` at a time, from many sources.
+
+    Each client starts reading as soon as it is registered (servers keep talking: joins,
+    member lists), except the first ``silent`` ones (the slow readers). Failures are counted
+    by kind, not raised; what has not registered by ``--connect-deadline`` counts as
+    ``deadline``.
+    """
+    loop = asyncio.get_running_loop()
+    local = args.host.startswith("127.")
     sources = [f"127.0.0.{2 + i}" for i in range(args.source_addresses)]
     gate = asyncio.Semaphore(args.parallel)
     clients: list[Client | None] = [None] * count
+    errors: Counter[str] = Counter()
 
     async def one(i: int) -> None:
         async with gate:
-            source = sources[(first + i) % len(sources)] if args.host.startswith("127.") else None
-            reader, writer = await asyncio.open_connection(
-                args.host,
-                args.port,
-                local_addr=(source, 0) if source else None,
-                limit=1 << 20,
-            )
-            client = Client(first + i, reader, writer)
-            async with asyncio.timeout(args.register_timeout):
-                await dialect.register(client)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:  # EMFILE: the open-file limit
+                errors[type(exc).__name__] += 1
+                return
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if local:
+                    sock.bind((sources[i % len(sources)], 0))
+                client = Client(i, sock)
+                async with asyncio.timeout(args.register_timeout):
+                    await loop.sock_connect(sock, (args.host, args.port))
+                    await dialect.register(client, join=join)
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                errors[type(exc).__name__] += 1
+                return
+            except BaseException:
+                sock.close()
+                raise
             clients[i] = client
+            if i >= silent:
+                start_reading(client, dialect.irc, args.probe_bytes)
 
-    async with asyncio.TaskGroup() as group:
-        for i in range(count):
-            group.create_task(one(i))
-    return [c for c in clients if c is not None]
-
-
-async def receive(client: Client) -> None:
-    """Count marked deliveries; probes also record latency. Ends at EOF."""
-    reader = client.reader
-    probe = client.probe
-    while True:
-        data = await reader.read(1 << 18)
-        if not data:
-            return
-        if client.tail:
-            data = client.tail + data
-        client.received += data.count(MARKER)
-        # Keep the end of a possibly cut marker line for the next chunk; count nothing twice.
-        cut = data.rfind(b"\n")
-        client.tail = data[cut + 1 :] if cut >= 0 else data
-        if client.tail:
-            client.received -= client.tail.count(MARKER)
-        if client.progress is not None:
-            client.progress.set()
-        if probe:
-            now = time.monotonic_ns()
-            client.latencies_ns.extend(
-                now - int(stamp) for stamp in _STAMP_RE.findall(data, 0, cut + 1)
-            )
-        if b"PING " in data:
-            for line in data.split(b"\n"):
-                if line.startswith(b"PING "):
-                    client.writer.write(b"PONG " + line[5:] + b"\n")
-
-
-async def close_all(clients: Sequence[Client]) -> None:
-    for client in clients:
-        if client.reader_task is not None:
-            client.reader_task.cancel()
-        client.writer.transport.abort()
-    tasks = [c.reader_task for c in clients if c.reader_task is not None]
-    if tasks:
-        await asyncio.wait(tasks)
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    done, late = await asyncio.wait(tasks, timeout=args.connect_deadline)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late)
+        errors["deadline"] += len(late)
+    for task in done:
+        if task.exception() is not None:
+            errors[type(task.exception()).__name__] += 1
+    return [c for c in clients if c is not None], errors
 
 
 async def send_load(
@@ -217,38 +365,39 @@ async def send_load(
     """Send from ``senders`` until ``stop_at``; at ``--rate`` msg/s in total, or flat out."""
     loop = asyncio.get_running_loop()
     sent = 0
+    turn = 0
     if args.rate > 0:
         start = loop.time()
-        turn = 0
         while (now := loop.time()) < stop_at:
             due = int((now - start) * args.rate) - sent
             for _ in range(due):
                 sender = senders[turn % len(senders)]
                 turn += 1
-                stamp = time.monotonic_ns()
-                payload = f"~B~ {stamp} {sender.index}"
-                sender.writer.write(dialect.message(payload))
-                sent += 1
+                write(sender, dialect.message(f"~B~ {time.monotonic_ns()} {sender.index}"))
+            sent += max(0, due)
             await asyncio.sleep(0.001)
         return sent
 
     # Flat out, but closed-loop: keep at most --window messages in flight, measured by the
-    # clock client (which receives every message), so the generator never just fills buffers.
-    assert clock.progress is not None
-    turn = 0
+    # clock client (which receives every message), so the generator never just fills
+    # buffers. Each step one sender writes --batch lines in one send.
+    progress = asyncio.Event()
+    clock.on_progress = progress.set
+    batch = max(1, args.batch)
     while loop.time() < stop_at:
         if sent - clock.received > args.window:
-            clock.progress.clear()
+            progress.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
-                    await clock.progress.wait()
+                    await progress.wait()
             continue
-        stamp = time.monotonic_ns()
-        for _ in range(args.batch):
-            sender = senders[turn % len(senders)]
-            turn += 1
-            sender.writer.write(dialect.message(f"~B~ {stamp} {sender.index}"))
-        sent += args.batch
+        sender = senders[turn % len(senders)]
+        turn += 1
+        write(sender, dialect.message(f"~B~ {time.monotonic_ns()} {sender.index}") * batch)
+        sent += batch
+        if turn % len(senders) == 0:
+            await asyncio.sleep(0)  # let the reads in
+    clock.on_progress = None
     return sent
 
 
@@ -283,72 +432,168 @@ def latency_summary(clients: Sequence[Client]) -> dict[str, float | None]:
     }
 
 
-def cpu_summary(
-    before: tuple[float | None, float | None], after: tuple[float | None, float | None], wall: float
-) -> dict[str, float]:
-    """Share of one core each side used while sending: which one was the bottleneck."""
-    names = ("generator_cpu", "server_cpu")
-    return {
-        name: round((b - a) / wall, 3)
-        for name, a, b in zip(names, before, after, strict=True)
-        if a is not None and b is not None
-    }
+class CpuMeter:
+    """CPU used by the generator, the server, and the cores both run on, over an interval."""
+
+    def __init__(self, server_pid: int, generator_cores: set[int]) -> None:
+        self.server_pid = server_pid
+        cores = set(generator_cores)
+        if server_pid:
+            with contextlib.suppress(OSError):
+                cores |= os.sched_getaffinity(server_pid)
+        self.cores = sorted(cores) if len(cores) <= 4 else []
+        self._start = self._read()
+
+    def _read(self) -> tuple[float | None, float | None, dict[int, tuple[int, int]]]:
+        server = cpu_seconds(self.server_pid) if self.server_pid else None
+        return cpu_seconds(), server, core_times() if self.cores else {}
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        gen_end, server_end, cores_end = self._read()
+        gen_start, server_start, cores_start = self._start
+        found: dict[str, Any] = {}
+        if gen_start is not None and gen_end is not None:
+            found["generator_cpu"] = round((gen_end - gen_start) / wall, 3)
+        if server_start is not None and server_end is not None:
+            found["server_cpu"] = round((server_end - server_start) / wall, 3)
+        busy = {}
+        for core in self.cores:
+            if core in cores_start and core in cores_end:
+                work = cores_end[core][0] - cores_start[core][0]
+                total = cores_end[core][1] - cores_start[core][1]
+                busy[str(core)] = round(work / total, 3) if total else None
+        if busy:
+            found["cores_busy"] = busy
+        return found
 
 
 def tcp_state(sock: socket.socket) -> int:
     """The kernel's TCP state; CLOSE_WAIT means the server closed, even with unread data."""
-    state: int = struct.unpack("B", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0]
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except OSError:
+        return TCP_CLOSE
+    state: int = struct.unpack("B", info)[0]
     return state
 
 
+def _proc_net_address(address: tuple[str, int]) -> str:
+    """``("127.0.0.1", 9000)`` as /proc/net/tcp writes it: ``0100007F:2328``."""
+    packed = socket.inet_aton(address[0])
+    return f"{int.from_bytes(packed, 'little'):08X}:{address[1]:04X}"
+
+
+def server_closed(clients: Sequence[Client]) -> set[int]:
+    """Indexes of ``clients`` whose server side has closed the connection.
+
+    A client that stops reading cannot see the server's FIN, which waits behind megabytes
+    of unread data, so the server's own socket is looked up in /proc/net/tcp: gone (reset)
+    or no longer ESTABLISHED means the server dropped the client. Loopback only.
+    """
+    wanted: dict[tuple[str, str], int] = {}
+    closed: set[int] = set()
+    for client in clients:
+        try:
+            here = _proc_net_address(client.sock.getsockname())
+            there = _proc_net_address(client.sock.getpeername())
+        except OSError:
+            closed.add(client.index)
+            continue
+        wanted[(there, here)] = client.index
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return closed
+    established: set[int] = set()
+    for line in table:
+        fields = line.split(None, 4)
+        index = wanted.get((fields[1], fields[2]))
+        if index is not None and fields[3] == "01":
+            established.add(index)
+    closed.update(index for index in wanted.values() if index not in established)
+    return closed
+
+
+def generator_cores(args: argparse.Namespace) -> set[int]:
+    return {args.cpu} if args.cpu is not None else set(os.sched_getaffinity(0))
+
+
 async def run_fanout(args: argparse.Namespace, *, slow: int = 0) -> dict[str, Any]:
-    dialect = Dialect(args.protocol)
-    loop = asyncio.get_running_loop()
+    dialect = Dialect(args.protocol, args.size)
     rss_before = rss_kib(args.server_pid) if args.server_pid else None
-    clients = await open_clients(args, args.clients, dialect)
-    healthy = clients[slow:]
-    slow_clients = clients[:slow]
-    for client in slow_clients:
-        # It stops reading: the kernel buffers fill. (uvloop's transports are not registered
-        # as asyncio.ReadTransport subclasses, hence the cast rather than an isinstance.)
-        cast(asyncio.Transport, client.writer.transport).pause_reading()
+    clients, errors = await open_clients(args, args.clients, dialect, join=True, silent=slow)
+    try:
+        return await _fanout(
+            args, dialect, clients=clients, errors=errors, slow=slow, rss_before=rss_before
+        )
+    finally:
+        close_all(clients)
+
+
+async def _fanout(
+    args: argparse.Namespace,
+    dialect: Dialect,
+    *,
+    clients: list[Client],
+    errors: Counter[str],
+    slow: int,
+    rss_before: int | None,
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    slow_clients = [c for c in clients if c.index < slow]
+    healthy = [c for c in clients if c.index >= slow]
+    if len(healthy) < 2:
+        return {"scenario": "slow" if slow else "fanout", "error": "too few clients connected"}
+    # Slow clients never read (the kernel buffers fill, then the server's); the others count.
     for i, client in enumerate(healthy):
         client.probe = i < args.probes or args.probes <= 0
-        client.reader_task = asyncio.create_task(receive(client))
+    await asyncio.sleep(0.2)  # let registration chatter (joins, member lists) drain
+    for client in healthy:
+        client.received = 0
+    # The clients that only count wake the generator once per --lowat bytes, not per line
+    # (the kernel holds the rest): far fewer reads, the same deliveries.
+    clock = healthy[-1]
+    counters = [c for c in healthy if not c.probe and c is not clock]
+    set_lowat(counters, args.lowat)
     # The clock client receives every message (so, on IRC, which does not echo, it must not
     # send); flat-out senders pace themselves on it.
-    clock = healthy[-1]
-    clock.progress = asyncio.Event()
     candidates = healthy[:-1] if dialect.irc else healthy
     senders = candidates[: args.senders] if args.senders else candidates
+    meter = CpuMeter(args.server_pid, generator_cores(args))
     started = loop.time()
-    cpu_before = (cpu_seconds(), cpu_seconds(args.server_pid) if args.server_pid else None)
     stop_at = started + args.duration
     memory: list[tuple[float, int | None]] = []
     dropped_at: dict[int, float] = {}
+    loopback = args.host.startswith("127.")
 
     async def watch() -> None:
         while True:
             now = loop.time() - started
             if args.server_pid:
                 memory.append((round(now, 2), rss_kib(args.server_pid)))
-            for client in slow_clients:
-                sock = client.writer.get_extra_info("socket")
-                if client.index not in dropped_at and tcp_state(sock) in (
-                    TCP_CLOSE,
-                    TCP_CLOSE_WAIT,
-                ):
-                    dropped_at[client.index] = round(now, 3)
+            watched = [c for c in slow_clients if c.index not in dropped_at]
+            if watched:
+                gone = {c.index for c in watched if tcp_state(c.sock) in DROPPED_STATES}
+                if loopback:
+                    gone |= server_closed(watched)
+                for index in gone:
+                    dropped_at[index] = round(now, 3)
             await asyncio.sleep(0.1)
 
     watcher = asyncio.create_task(watch())
     try:
         sent = await send_load(args, senders, clock, dialect, stop_at)
         elapsed = loop.time() - started
-        cpu_after = (cpu_seconds(), cpu_seconds(args.server_pid) if args.server_pid else None)
-        per_message = dialect.recipients(args.clients) - slow
+        set_lowat(counters, 1)  # what the kernel held for them was delivered in time
+        for client in counters:
+            on_readable(client, dialect.irc, args.probe_bytes)
+        in_window = sum(c.received for c in healthy)
+        cpu = meter.summary(elapsed)
+        per_message = dialect.recipients(len(clients)) - slow
         expected = sent * per_message
         await wait_quiet(healthy, expected, args.drain_timeout)
+        if slow:  # give the server a moment to notice the last slow readers
+            await asyncio.sleep(0.3)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -357,16 +602,22 @@ async def run_fanout(args: argparse.Namespace, *, slow: int = 0) -> dict[str, An
         "scenario": "slow" if slow else "fanout",
         "protocol": args.protocol,
         "clients": args.clients,
+        "connected": len(clients),
+        "connect_errors": sum(errors.values()),
         "senders": len(senders),
         "rate": args.rate or "flat-out",
+        "window": None if args.rate else args.window,
+        "size": args.size or None,
         "duration_s": round(elapsed, 3),
         "sent": sent,
         "expected": expected,
         "received": received,
+        "received_in_window": in_window,
         "loss": round(max(0, expected - received) / expected, 6) if expected else 0.0,
-        "deliveries_per_s": round(received / elapsed),
+        "deliveries_per_s": round(in_window / elapsed),
         **latency_summary(healthy),
-        **cpu_summary(cpu_before, cpu_after, elapsed),
+        **cpu,
+        "healthy_disconnected": sum(1 for c in healthy if c.closed_at is not None),
     }
     if slow:
         summary["slow_clients"] = slow
@@ -377,7 +628,6 @@ async def run_fanout(args: argparse.Namespace, *, slow: int = 0) -> dict[str, An
         summary["server_rss_kib_max"] = max((m for _, m in memory if m), default=None)
         if slow:
             summary["server_rss_kib_over_time"] = memory[:: max(1, len(memory) // 20)]
-    await close_all(clients)
     return summary
 
 
@@ -385,26 +635,36 @@ async def run_conns(args: argparse.Namespace) -> dict[str, Any]:
     dialect = Dialect(args.protocol)
     loop = asyncio.get_running_loop()
     rss_before = rss_kib(args.server_pid) if args.server_pid else None
+    meter = CpuMeter(args.server_pid, generator_cores(args))
     started = loop.time()
-    clients = await open_clients(args, args.clients, dialect)
+    clients, errors = await open_clients(args, args.clients, dialect, join=args.join)
     elapsed = loop.time() - started
-    for client in clients:
-        client.reader_task = asyncio.create_task(receive(client))
-    await asyncio.sleep(args.settle)  # let the server's allocator settle before measuring
-    rss_after = rss_kib(args.server_pid) if args.server_pid else None
-    summary: dict[str, Any] = {
-        "scenario": "conns",
-        "protocol": args.protocol,
-        "clients": args.clients,
-        "connected": len(clients),
-        "connect_s": round(elapsed, 3),
-        "connects_per_s": round(len(clients) / elapsed) if elapsed else None,
-    }
-    if rss_before is not None and rss_after is not None:
-        summary["server_rss_kib_before"] = rss_before
-        summary["server_rss_kib_after"] = rss_after
-        summary["server_kib_per_conn"] = round((rss_after - rss_before) / max(1, len(clients)), 2)
-    await close_all(clients)
+    cpu = meter.summary(elapsed)
+    try:
+        await asyncio.sleep(args.settle)  # let the server's allocator settle before measuring
+        rss_after = rss_kib(args.server_pid) if args.server_pid else None
+        held = sum(1 for c in clients if c.closed_at is None)
+        summary: dict[str, Any] = {
+            "scenario": "conns",
+            "protocol": args.protocol,
+            "clients": args.clients,
+            "joined_room": args.join,
+            "connected": len(clients),
+            "held": held,
+            "errors": sum(errors.values()),
+            "error_kinds": dict(errors),
+            "connect_s": round(elapsed, 3),
+            "connects_per_s": round(len(clients) / elapsed) if elapsed else None,
+            **cpu,
+        }
+        if rss_before is not None and rss_after is not None:
+            summary["server_rss_kib_before"] = rss_before
+            summary["server_rss_kib_after"] = rss_after
+            summary["server_kib_per_conn"] = round(
+                (rss_after - rss_before) / max(1, len(clients)), 2
+            )
+    finally:
+        close_all(clients)
     return summary
 
 
@@ -414,27 +674,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load generator for chat servers (this one, or IRC servers).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("scenario", choices=["fanout", "conns", "slow"])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--protocol", choices=["chat", "irc"], default="chat")
-    parser.add_argument("--clients", type=int, default=100, help="connections in the room")
-    parser.add_argument("--senders", type=int, default=0, help="how many send; 0 means all")
-    parser.add_argument("--rate", type=float, default=0, help="messages/s in total; 0 = flat out")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
-    parser.add_argument("--slow", type=int, default=5, help="clients that stop reading (slow)")
-    parser.add_argument("--probes", type=int, default=10, help="clients that time deliveries")
-    parser.add_argument("--batch", type=int, default=50, help="flat out: lines between checks")
-    parser.add_argument("--window", type=int, default=1000, help="flat out: messages in flight")
-    parser.add_argument("--parallel", type=int, default=200, help="connects in flight at once")
-    parser.add_argument("--source-addresses", type=int, default=16, help="127.0.0.x sources")
-    parser.add_argument("--register-timeout", type=float, default=60.0)
-    parser.add_argument("--drain-timeout", type=float, default=15.0)
-    parser.add_argument("--settle", type=float, default=1.0, help="conns: pause before RSS")
-    parser.add_argument("--server-pid", type=int, default=0, help="measure this process's RSS")
-    parser.add_argument("--server-cpu", type=int, default=None, help="pin --server-pid here")
-    parser.add_argument("--cpu", type=int, default=None, help="pin the load generator here")
-    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    add = parser.add_argument
+    add("scenario", choices=["fanout", "conns", "slow"])
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=9000)
+    add("--protocol", choices=["chat", "irc"], default="chat")
+    add("--clients", type=int, default=100, help="connections (in the room, but for conns)")
+    add("--senders", type=int, default=0, help="how many send; 0 means all")
+    add("--rate", type=float, default=0, help="messages/s in total; 0 = flat out")
+    add("--duration", type=float, default=10.0, help="seconds of sending")
+    add("--size", type=int, default=0, help="pad message text to about this many bytes")
+    add("--slow", type=int, default=5, help="clients that stop reading (slow)")
+    add("--probes", type=int, default=10, help="clients that time deliveries")
+    add("--probe-bytes", type=int, default=8192, help="probes parse this much of each read")
+    add("--lowat", type=int, default=16384, help="non-probe clients read this much at once")
+    add("--batch", type=int, default=10, help="flat out: lines per send")
+    add("--window", type=int, default=5000, help="flat out: messages in flight")
+    add("--join", action="store_true", help="conns: also join the room")
+    add("--parallel", type=int, default=200, help="connects in flight at once")
+    add("--source-addresses", type=int, default=16, help="127.0.0.x sources")
+    add("--register-timeout", type=float, default=60.0, help="per connection")
+    add("--connect-deadline", type=float, default=120.0, help="for all connections")
+    add("--drain-timeout", type=float, default=15.0)
+    add("--settle", type=float, default=1.0, help="conns: pause before RSS")
+    add("--server-pid", type=int, default=0, help="measure this process's RSS and CPU")
+    add("--server-cpu", type=int, default=None, help="pin --server-pid here")
+    add("--cpu", type=int, default=None, help="pin the load generator here")
+    add("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     return parser
 
 
@@ -444,7 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {args.cpu})
     if args.server_cpu is not None and args.server_pid:
         os.sched_setaffinity(args.server_pid, {args.server_cpu})
-    raise_file_limit()
+    limit = raise_file_limit(args.clients + 256)
+    if limit < args.clients + 16:
+        print(f"chat-bench: open-file limit {limit} is too low", file=sys.stderr)
     from chat.cli import loop_factory  # noqa: PLC0415 - keeps `chat-bench --help` light
 
     if args.scenario == "conns":

@@ -1,0 +1,168 @@
+"""chat-bench runs end to end against a real chat-server and prints a well-formed summary.
+
+Tiny loads only, and no timing assertions: the figures themselves are measured by
+benchmarks/run.py and published in docs/performance.md, never by the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+WAIT = 30.0
+
+FANOUT_KEYS = {
+    "scenario",
+    "protocol",
+    "clients",
+    "connected",
+    "senders",
+    "rate",
+    "duration_s",
+    "sent",
+    "expected",
+    "received",
+    "received_in_window",
+    "loss",
+    "deliveries_per_s",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "latency_ms_max",
+    "latency_samples",
+    "generator_cpu",
+    "server_cpu",
+    "server_rss_kib_before",
+    "server_rss_kib_max",
+    "generator_loop",
+}
+
+
+def _command(name: str, module: str) -> list[str]:
+    """The console script next to this Python, or the module when it is not installed."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+        self.process = process
+        self.port = port
+
+
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[RunningServer]:
+    """``chat-server --port 0`` in a subprocess; the port is read from its log line."""
+    process = subprocess.Popen(
+        [
+            *_command("chat-server", "chat.cli"),
+            "--host=127.0.0.1",
+            "--port=0",
+            "--log-level=info",
+            "--rate=0",  # chat-bench sends flat out; flood control would refuse lines
+            "--max-per-ip=0",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + WAIT
+        port = 0
+        while not port and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            if found := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(found.group(1))
+        assert port, "chat-server did not say where it listens"
+        # Keep reading its log so a full pipe never blocks the server.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield RunningServer(process, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def bench(server: RunningServer, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            *_command("chat-bench", "chat.bench"),
+            *args,
+            f"--port={server.port}",
+            f"--server-pid={server.process.pid}",
+            "--register-timeout=10",
+            "--drain-timeout=10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # one JSON summary line per run
+    summary: dict[str, Any] = json.loads(lines[0])
+    assert "error" not in summary, summary
+    return summary
+
+
+def test_fanout_summary(chat_server: RunningServer) -> None:
+    summary = bench(chat_server, "fanout", "--clients=5", "--duration=1", "--window=200")
+    assert summary.keys() >= FANOUT_KEYS
+    assert summary["scenario"] == "fanout"
+    assert summary["connected"] == 5
+    assert summary["sent"] > 0
+    # The chat dialect echoes to the sender: every message reaches all 5.
+    assert summary["expected"] == summary["sent"] * 5
+    assert summary["received"] == summary["expected"]
+    assert summary["loss"] == 0
+    assert summary["latency_samples"] > 0
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    assert summary["latency_ms_p99"] <= summary["latency_ms_max"]
+    assert summary["server_rss_kib_before"] > 0
+
+
+def test_fanout_at_a_rate(chat_server: RunningServer) -> None:
+    summary = bench(chat_server, "fanout", "--clients=5", "--duration=1", "--rate=50")
+    assert summary["rate"] == 50
+    assert 0 < summary["sent"] <= 60  # paced: about 50 in 1 s, never more
+    assert summary["loss"] == 0
+
+
+def test_conns_summary(chat_server: RunningServer) -> None:
+    summary = bench(chat_server, "conns", "--clients=20", "--settle=0.1")
+    assert summary["scenario"] == "conns"
+    assert summary["connected"] == summary["held"] == 20
+    assert summary["errors"] == 0
+    assert summary["error_kinds"] == {}
+    assert summary["connect_s"] > 0
+    assert {"server_rss_kib_before", "server_rss_kib_after", "server_kib_per_conn"} <= set(summary)
+
+
+def test_slow_summary(chat_server: RunningServer) -> None:
+    summary = bench(
+        chat_server, "slow", "--clients=6", "--slow=1", "--rate=50", "--duration=1", "--size=100"
+    )
+    assert summary["scenario"] == "slow"
+    assert summary["slow_clients"] == 1
+    assert summary["senders"] == 5  # the slow one does not send
+    assert summary["expected"] == summary["sent"] * 5  # nor count as a recipient
+    assert summary["loss"] == 0
+    assert summary["slow_dropped"] in (0, 1)  # 1 s is too little to fill its buffers
+    assert isinstance(summary["slow_dropped_at_s"], list)
+    assert isinstance(summary["server_rss_kib_over_time"], list)

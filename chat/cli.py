@@ -152,6 +152,14 @@ def build_server_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rooms one user may be in at once",
     )
+    add(
+        "--announce-limit",
+        type=_positive,
+        default=defaults.announce_limit,
+        metavar="MEMBERS",
+        help="rooms with more members do not announce joins, parts and quits, and list "
+        "their members only on /who",
+    )
     group = parser.add_argument_group("TLS")
     add = group.add_argument
     add("--tls-cert", metavar="PATH", help="serve TLS with this certificate chain (PEM)")
@@ -193,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         history=args.history,
         max_rooms=args.max_rooms,
+        announce_limit=args.announce_limit,
         max_clients=args.max_clients,
         max_per_ip=args.max_per_ip,
         tls_cert=args.tls_cert,

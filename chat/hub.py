@@ -53,6 +53,7 @@ from chat.protocol import (
 )
 
 __all__ = [
+    "DEFAULT_ANNOUNCE_LIMIT",
     "DEFAULT_MAX_ROOMS",
     "Backend",
     "Hub",
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_ROOMS = 32
+DEFAULT_ANNOUNCE_LIMIT = 1000
 
 
 class Peer(Protocol):
@@ -192,6 +194,7 @@ class Hub:
         *,
         history: int = 50,
         max_rooms: int = DEFAULT_MAX_ROOMS,
+        announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
         backend: Backend | None = None,
     ) -> None:
         self.lock = asyncio.Lock()
@@ -200,6 +203,9 @@ class Hub:
         self._flush_scheduled = False
         self.history_length = history
         self.max_rooms = max_rooms
+        # Rooms larger than this stop announcing joins, parts and quits and list their
+        # members only on /who: otherwise filling a room costs O(members^2) lines.
+        self.announce_limit = announce_limit
         self._by_key: dict[str, Member | RemoteMember] = {}
         self._by_skeleton: dict[str, Member | RemoteMember] = {}
         self._rooms: dict[str, Room] = {}
@@ -280,25 +286,32 @@ class Hub:
                 return
             self._unregister(member)
             await self.backend.release(member.nick)
-        neighbours = self._neighbours(member, include_self=False)
+        neighbours = self._neighbours(member, include_self=False, quiet_too=False)
         for room in list(member.rooms.values()):
             self._leave(member, room)
         event = Quit(nick=member.nick, text=reason)
         deliver(neighbours, event)
         self.backend.publish(event)
 
-    def _neighbours(self, member: Member | RemoteMember, *, include_self: bool) -> list[Member]:
-        """Everyone who shares a room with ``member``, once each."""
+    def _neighbours(
+        self, member: Member | RemoteMember, *, include_self: bool, quiet_too: bool = True
+    ) -> list[Member]:
+        """Everyone who shares a room with ``member``, once each; without the members of
+        rooms too large to announce comings and goings unless ``quiet_too``."""
         seen: dict[Member, None] = {}
         if include_self and isinstance(member, Member):
             seen[member] = None
         for room in member.rooms.values():
-            seen.update(room.members)
+            if quiet_too or not self._quiet(room):
+                seen.update(room.members)
         if not include_self and isinstance(member, Member):
             seen.pop(member, None)
         return list(seen)
 
     # --- rooms ----------------------------------------------------------------------------
+
+    def _quiet(self, room: Room) -> bool:
+        return room.population > self.announce_limit
 
     def _room(self, name: str) -> Room:
         key = room_key(name)
@@ -356,11 +369,24 @@ class Hub:
         member.rooms[key] = room
         member.active = room
         event = Join(room=room.name, nick=member.nick)
-        deliver(room.members, event)
+        if self._quiet(room):
+            send(member, event)
+        else:
+            deliver(room.members, event)
         self.backend.publish(event)
         if room.topic:
             send(member, Topic(room=room.name, text=room.topic))
-        send(member, self._who(room))
+        if self._quiet(room):
+            send(
+                member,
+                Notice(
+                    room=room.name,
+                    text=f"{room.population} in {room.name}: too many to list here, and "
+                    f"joins and parts are not announced; /who {room.name} lists them.",
+                ),
+            )
+        else:
+            send(member, self._who(room))
         for past in room.history:
             send(member, replace(past, history=True))
 
@@ -368,7 +394,10 @@ class Hub:
         self.flush()
         room = self._member_room(member, name)
         event = Part(room=room.name, nick=member.nick, text=reason)
-        deliver(room.members, event)
+        if self._quiet(room):
+            send(member, event)
+        else:
+            deliver(room.members, event)
         self._leave(member, room)
         self.backend.publish(event)
         if member.active is room:
@@ -501,14 +530,16 @@ class Hub:
                 room = self._room(name)
                 room.remote[remote] = None
                 remote.rooms[room_key(name)] = room
-                deliver(room.members, event)
+                if not self._quiet(room):
+                    deliver(room.members, event)
             case Part(room=str(name), nick=str(nick)):
                 self.flush()
                 remote = self._remote(node, nick, create=False)
                 left = remote.rooms.get(room_key(name)) if remote is not None else None
                 if remote is None or left is None:
                     return
-                deliver(left.members, event)
+                if not self._quiet(left):
+                    deliver(left.members, event)
                 self._leave(remote, left)
             case Quit(nick=str(nick)):
                 self.flush()
@@ -550,7 +581,7 @@ class Hub:
         return remote
 
     def _drop_remote(self, remote: RemoteMember, quit_event: Quit) -> None:
-        neighbours = self._neighbours(remote, include_self=False)
+        neighbours = self._neighbours(remote, include_self=False, quiet_too=False)
         for room in list(remote.rooms.values()):
             self._leave(remote, room)
         self._unregister(remote)

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from chat.errors import ErrorCode
-from chat.hub import DEFAULT_MAX_ROOMS, Backend, Hub
+from chat.hub import DEFAULT_ANNOUNCE_LIMIT, DEFAULT_MAX_ROOMS, Backend, Hub
 from chat.protocol import Bye, Dialect, render
 from chat.session import Limits, Session
 
@@ -42,6 +42,7 @@ class ServerConfig:
     port: int = 9000
     history: int = 50
     max_rooms: int = DEFAULT_MAX_ROOMS
+    announce_limit: int = DEFAULT_ANNOUNCE_LIMIT
     limits: Limits = field(default_factory=Limits)
     max_clients: int = 10_000
     max_per_ip: int = 16
@@ -70,7 +71,12 @@ class ChatServer:
         self.config = config
         self.cluster = self._cluster_backend()
         backend: Backend | None = self.cluster
-        self.hub = Hub(history=config.history, max_rooms=config.max_rooms, backend=backend)
+        self.hub = Hub(
+            history=config.history,
+            max_rooms=config.max_rooms,
+            announce_limit=config.announce_limit,
+            backend=backend,
+        )
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._handlers: set[asyncio.Task[None]] = set()

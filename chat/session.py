@@ -172,10 +172,21 @@ class Session:
         return self._dialect
 
     def push(self, data: bytes) -> None:
-        """Queue bytes for the writer; never blocks. Overflow disconnects this client."""
+        """Send bytes without ever blocking; overflow disconnects this client.
+
+        While this client keeps up (nothing in its queue, nothing waiting in the transport),
+        the bytes go straight to the transport, which hands them to the kernel at once: no
+        task switch per recipient. As soon as it falls behind, the queue and the writer task
+        take over, in order, and the byte budget applies to both.
+        """
         if self._closing:
             return
-        buffered = self._queued_bytes + self._transport.get_write_buffer_size() + len(data)
+        transport = self._transport
+        backlog = transport.get_write_buffer_size()
+        if not backlog and not self._queued_bytes and not transport.is_closing():
+            transport.write(data)
+            return
+        buffered = self._queued_bytes + backlog + len(data)
         if buffered > self.limits.send_queue or self._queue.full():
             self._overflow()
             return
@@ -305,8 +316,8 @@ class Session:
             try:
                 writer.write(payload)
                 await writer.drain()
-            except OSError as exc:
-                self._lost(f"write failed: {exc.strerror or exc}")
+            except (OSError, RuntimeError) as exc:  # uvloop raises RuntimeError once reset
+                self._lost(f"write failed: {getattr(exc, 'strerror', None) or exc}")
                 return
             if done:
                 return

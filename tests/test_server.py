@@ -1689,6 +1689,7 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--max-clients": str(config.max_clients),
         "--max-per-ip": str(config.max_per_ip),
         "--max-rooms": str(config.max_rooms),
+        "--announce-limit": str(config.announce_limit),
         "--redis": "no cluster, this process is the whole chat",
         "--workers": "1",
         "--node-id": "host-pid-random",
@@ -1703,3 +1704,28 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
 def test_chat_server_help_states_each_default_once() -> None:
     for option, text in help_blocks().items():
         assert text.count("(default:") <= 1, f"{option}: {text}"
+
+
+async def test_rooms_above_the_announce_limit_stay_quiet(start_server: StartServer) -> None:
+    """Filling a big room must not cost O(members^2) lines: joins, parts and quits are not
+    announced above --announce-limit, and the joiner gets a count instead of the list."""
+    server = await start_server(max_per_ip=0, announce_limit=2)
+    alice = await LineClient.connect(server.port)
+    await alice.register("alice")
+    bob = await LineClient.connect(server.port)
+    await bob.register("bob")
+    await alice.expect(r"^\[#lobby\] \*\*\* bob joined #lobby$")  # 2 members: announced
+    carol = await LineClient.connect(server.port)
+    await carol.expect(r"Choose a nickname")
+    await carol.send("carol")
+    await carol.expect(r"^\[#lobby\] \*\*\* carol joined #lobby$")  # her own join, always
+    await carol.expect(r"^\[#lobby\] \*\*\* 3 in #lobby: too many to list here")
+    await carol.send("/who")
+    await carol.expect(r"^\[#lobby\] \*\*\* 3 in #lobby: alice, bob, carol$")
+    await carol.send("/quit")
+    await carol.eof()
+    await bob.send("marker")
+    lines = await alice.lines_until(r"<bob> marker$")
+    assert not any("carol" in line for line in lines), lines
+    await alice.close()
+    await bob.close()

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_ROOMS = 32
-DEFAULT_ANNOUNCE_LIMIT = 1000
+DEFAULT_ANNOUNCE_LIMIT = 100
 
 
 class Peer(Protocol):

@@ -33,6 +33,10 @@ __all__ = ["ChatServer", "ServerConfig"]
 
 log = logging.getLogger("chat.server")
 
+# asyncio's default (100) drops SYNs under a burst of connects, which then retry after a
+# full second; the kernel caps this at net.core.somaxconn anyway.
+LISTEN_BACKLOG = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -118,6 +122,7 @@ class ChatServer:
             ssl=ssl_context,
             ssl_handshake_timeout=self.config.tls_handshake_timeout if ssl_context else None,
             reuse_address=True,
+            backlog=LISTEN_BACKLOG,
             reuse_port=self.config.reuse_port or None,
         )
         log.info(

@@ -2,11 +2,13 @@
 
 The reader loop runs in the connection's own task: it reads whatever bytes are available,
 frames them into lines, and hands each parsed command to the hub. Everything the client
-must receive goes through :meth:`Session.push` into a bounded queue; one writer task
-empties the queue, writing everything already queued in a single call before one
-``drain()``. ``push`` never blocks: a client whose queue (plus what waits in the kernel-
-facing transport buffer) exceeds ``send_queue`` bytes is told why and disconnected, so a
-client that stops reading costs everybody else nothing.
+must receive goes through :meth:`Session.push`, which never blocks. While the client keeps
+up, bytes go straight to the transport (the kernel takes them at once). The first time it
+falls behind, the session gets its bounded queue and its writer task, which from then on
+writes everything already queued in a single call before one ``drain()``; an idle or
+keeping-up client never pays for them. A client whose queue (plus what waits in the
+transport buffer) exceeds ``send_queue`` bytes is told why and disconnected, so a client
+that stops reading costs everybody else nothing.
 
 A session ends in one of three ways, all funnelled through :meth:`close` or
 :meth:`_overflow`: the peer goes away (EOF, reset), the peer asks (``/quit``), or the server
@@ -133,6 +135,30 @@ class FloodGate:
 class Session:
     """Serve one client from connect to close. Create it, then await :meth:`run`."""
 
+    __slots__ = (
+        "_closing",
+        "_dialect",
+        "_failed_registrations",
+        "_flood",
+        "_framer",
+        "_ping_outstanding",
+        "_queue",
+        "_queue_ended",
+        "_queued_bytes",
+        "_reader",
+        "_started",
+        "_tasks",
+        "_transport",
+        "_writer",
+        "_writer_task",
+        "close_reason",
+        "hub",
+        "id",
+        "limits",
+        "member",
+        "peer_address",
+    )
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -154,12 +180,11 @@ class Session:
         self._transport = cast(asyncio.Transport, writer.transport)
         self._framer = LineFramer(limits.max_line, limits.max_garbage)
         self._flood = FloodGate(limits.rate, limits.burst)
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(
-            maxsize=max(64, limits.send_queue // 32)
-        )
+        self._queue: asyncio.Queue[bytes | None] | None = None  # made when first needed
         self._queued_bytes = 0
         self._closing = False
         self._queue_ended = False
+        self._tasks: asyncio.TaskGroup | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._ping_outstanding = False
         self._failed_registrations = 0
@@ -186,12 +211,20 @@ class Session:
         if not backlog and not self._queued_bytes and not transport.is_closing():
             transport.write(data)
             return
+        queue = self._queue or self._start_writer()
         buffered = self._queued_bytes + backlog + len(data)
-        if buffered > self.limits.send_queue or self._queue.full():
+        if buffered > self.limits.send_queue or queue.full():
             self._overflow()
             return
-        self._queue.put_nowait(data)
+        queue.put_nowait(data)
         self._queued_bytes += len(data)
+
+    def _start_writer(self) -> asyncio.Queue[bytes | None]:
+        """The first time this client falls behind: its bounded queue and its writer task."""
+        assert self._tasks is not None, "push() before run()"
+        self._queue = asyncio.Queue(maxsize=max(64, self.limits.send_queue // 32))
+        self._writer_task = self._tasks.create_task(self._write_loop(self._queue))
+        return self._queue
 
     def send(self, event: Event) -> None:
         """Send an event of this session's own (a reply, an error, a bye) in its place."""
@@ -204,14 +237,14 @@ class Session:
         log.info("connect conn=%d peer=%s", self.id, self.peer_address)
         try:
             async with asyncio.TaskGroup() as tasks:
-                self._writer_task = tasks.create_task(self._write_loop())
+                self._tasks = tasks  # owns the writer task, once there is one
                 self._send_greeting()
                 try:
                     await self._read_loop()
                 finally:
                     await self._leave_hub()
                     self._stop("Connection closed", flush=True)
-                    await self._flush(self._writer_task)
+                    await self._flush()
         except* Exception as group:
             # _read_loop and _write_loop handle every error a peer can cause; what reaches
             # here is a bug, which must cost this connection only.
@@ -259,23 +292,26 @@ class Session:
         """Accept no more output, end the writer's queue, make the reader see EOF. Idempotent."""
         self.close_reason = self.close_reason or reason
         self._closing = True
-        if not flush or self._queue.full():
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queued_bytes = 0
-            self._queue_ended = False  # the end marker may have gone with the rest
-        if not self._queue_ended:
-            self._queue_ended = True
-            self._queue.put_nowait(None)
+        queue = self._queue
+        if queue is not None:
+            if not flush or queue.full():
+                while not queue.empty():
+                    queue.get_nowait()
+                self._queued_bytes = 0
+                self._queue_ended = False  # the end marker may have gone with the rest
+            if not self._queue_ended:
+                self._queue_ended = True
+                queue.put_nowait(None)
         # Wake the reader with an EOF; stop the transport first, or the peer's next bytes
         # would be fed to a reader that has already seen its end.
         self._transport.pause_reading()
         self._reader.feed_eof()
 
-    async def _flush(self, writer_task: asyncio.Task[None]) -> None:
+    async def _flush(self) -> None:
         """Give the writer a bounded time to send what is queued; a stuck peer gets no more."""
-        await asyncio.wait({writer_task}, timeout=CLOSE_GRACE)
-        writer_task.cancel()
+        if self._writer_task is not None:
+            await asyncio.wait({self._writer_task}, timeout=CLOSE_GRACE)
+            self._writer_task.cancel()
 
     async def _leave_hub(self) -> None:
         if self.member is not None:
@@ -295,9 +331,8 @@ class Session:
 
     # --- writing -------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, queue: asyncio.Queue[bytes | None]) -> None:
         """Write everything already queued in one call, then drain once; None ends it."""
-        queue = self._queue
         writer = self._writer
         while True:
             data = await queue.get()

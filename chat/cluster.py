@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from chat.errors import ErrorCode, ProtocolError
@@ -120,6 +121,22 @@ return id
 """
 
 
+async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again while any is still running.
+
+    A cancellation that lands inside a redis-py command can be swallowed by its clean-up,
+    which leaves the task running; one more cancel reaches it at its next await.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(20):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.25)
+    log.error("%d cluster tasks ignored cancellation; abandoning them", len(pending))
+
+
 class LinkDown(Exception):
     """The end-to-end heartbeat stopped: this node cannot trust the cluster link."""
 
@@ -167,6 +184,9 @@ class RedisBackend:
         self._last_seen: dict[str, float] = {}  # node -> loop time of its last message
         self._last_self_heartbeat = 0.0
         self._last_id: dict[str, tuple[int, int]] = {}  # room key -> newest stream id seen
+        # Redis's clock at our last heartbeat: after an outage, anything newer in a room's
+        # stream is a gap to deliver, even in a room where we had seen no message yet.
+        self._watermark: tuple[int, int] | None = None
         self._dropped = 0
         self._runner: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
@@ -259,39 +279,59 @@ class RedisBackend:
     async def close(self) -> None:
         """Leave the cluster: release nicknames and presence, stop every task."""
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await self._stop_runner(self._runner)
             self._runner = None
         if self._linked and self._hub is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.delete(self._presence_key(self.node))
-                for member in self._hub.members:
-                    await self._release(
-                        keys=[self._nick_key(member.nick), self._skel_key(member.nick)],
-                        args=[self._owner + member.nick],
-                        client=pipe,
-                    )
-                await self._call(pipe.execute())
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.delete(self._presence_key(self.node))
+                    for member in self._hub.members:
+                        await self._release(
+                            keys=[self._nick_key(member.nick), self._skel_key(member.nick)],
+                            args=[self._owner + member.nick],
+                            client=pipe,
+                        )
+                    await self._call(pipe.execute())
         self._linked = False
         await self._redis.aclose()
+
+    async def _stop_runner(self, runner: asyncio.Task[None]) -> None:
+        """Stop the link (the runner cancels its own tasks on the way out), bounded in time."""
+        runner.cancel()
+        done, _ = await asyncio.wait({runner}, timeout=6.0)  # it cancels its own tasks first
+        if not done:
+            await _cancel_until_done([runner])
 
     async def _run(self) -> None:
         """Stay connected: sync, then serve the link until it fails; back off; repeat."""
         backoff = 0.1
         while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            tasks: list[asyncio.Task[None]] = []
             try:
+                # Subscribe before loading state: whatever is published meanwhile waits in
+                # the subscription and is applied after it, deduplicated by stream id.
+                await self._call(pubsub.subscribe(self._channel, self._private_channel))
                 await self._sync()
                 self._set_linked(True)
                 backoff = 0.1
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._listen())
-                    tasks.create_task(self._publish_loop())
-                    tasks.create_task(self._heartbeat_loop())
-                    tasks.create_task(self._watchdog())
-            except* (RedisError, OSError, TimeoutError, LinkDown) as group:
-                log.warning("cluster link down: %s", group.exceptions[0])
+                tasks = [
+                    asyncio.create_task(self._listen(pubsub)),
+                    asyncio.create_task(self._publish_loop()),
+                    asyncio.create_task(self._heartbeat_loop()),
+                    asyncio.create_task(self._watchdog()),
+                ]
+                # Not a TaskGroup: its exit waits for every child, and a child whose
+                # cancellation a library swallowed would hold the link down for good.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+            except (RedisError, OSError, TimeoutError, LinkDown) as exc:
+                log.warning("cluster link down: %s", exc)
+            finally:
+                await _cancel_until_done(tasks)
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             self._set_linked(False)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 5.0)
@@ -347,8 +387,8 @@ class RedisBackend:
     async def _catch_up(self, hub: Hub, name: str, topic: str) -> None:
         key = room_key(name)
         stream = self._log_key(name)
-        last = self._last_id.get(key)
-        if last is None:
+        last = self._last_id.get(key) or self._watermark
+        if last is None:  # first start: what is in the stream is history, not news
             entries = cast(
                 StreamEntries,
                 await self._call(self._redis.xrevrange(stream, count=max(self.history, 1))),
@@ -390,43 +430,37 @@ class RedisBackend:
 
     async def _write_presence(self, hub: Hub) -> None:
         key = self._presence_key(self.node)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(key)
-        for member in hub.members:
-            pipe.hset(key, member.nick, json.dumps([r.name for r in member.rooms.values()]))
-        pipe.pexpire(key, self._ttl_ms)
-        await self._call(pipe.execute())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            for member in hub.members:
+                pipe.hset(key, member.nick, json.dumps([r.name for r in member.rooms.values()]))
+            pipe.pexpire(key, self._ttl_ms)
+            await self._call(pipe.execute())
 
     # --- the live link --------------------------------------------------------------------
 
-    async def _listen(self) -> None:
+    async def _listen(self, pubsub: PubSub) -> None:
         hub = self._hub
         assert hub is not None
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self._channel, self._private_channel)
-            loop = asyncio.get_running_loop()
-            while True:
-                message = await pubsub.get_message(timeout=self.settings.heartbeat)
-                if message is None:
-                    continue
-                node, _, rest = str(message["data"]).partition("\n")
-                tag, _, body = rest.partition("\n")
-                if node == self.node:
-                    if tag == "hb":
-                        self._last_self_heartbeat = loop.time()
-                    continue
-                self._last_seen[node] = loop.time()
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await pubsub.get_message(timeout=self.settings.heartbeat)
+            if message is None:
+                continue
+            node, _, rest = str(message["data"]).partition("\n")
+            tag, _, body = rest.partition("\n")
+            if node == self.node:
                 if tag == "hb":
-                    continue
-                if tag == "sync":
-                    roster = await self._call(self._redis.hgetall(self._presence_key(node)))
-                    hub.sync_node(node, self._decode_roster(cast(dict[str, str], roster)))
-                    continue
-                self._receive(hub, node, tag, body)
-        finally:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    self._last_self_heartbeat = loop.time()
+                continue
+            self._last_seen[node] = loop.time()
+            if tag == "hb":
+                continue
+            if tag == "sync":
+                roster = await self._call(self._redis.hgetall(self._presence_key(node)))
+                hub.sync_node(node, self._decode_roster(cast(dict[str, str], roster)))
+                continue
+            self._receive(hub, node, tag, body)
 
     def _receive(self, hub: Hub, node: str, tag: str, body: str) -> None:
         try:
@@ -448,10 +482,10 @@ class RedisBackend:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < PUBLISH_BATCH:
                 batch.append(self._queue.get_nowait())
-            pipe = self._redis.pipeline(transaction=False)
-            for kind, payload in batch:
-                await self._add_to_pipeline(pipe, kind, payload)
-            await self._call(pipe.execute())
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind, payload in batch:
+                    await self._add_to_pipeline(pipe, kind, payload)
+                await self._call(pipe.execute())
 
     async def _add_to_pipeline(self, pipe: Any, kind: str, payload: Any) -> None:
         """Queue one operation on ``pipe`` (awaiting only queues it; execute() sends)."""
@@ -486,16 +520,19 @@ class RedisBackend:
         hub = self._hub
         assert hub is not None
         while True:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.publish(self._channel, f"{self.node}\nhb\n{time.time():.3f}")
-            pipe.pexpire(self._presence_key(self.node), self._ttl_ms)
             members = hub.members
             keys = self._claim_keys(members)
-            for start in range(0, len(keys), 1000):
-                chunk = keys[start : start + 1000]
-                await self._refresh(keys=chunk, args=[self._owner, self._ttl_ms], client=pipe)
-            results = await self._call(pipe.execute())
-            lost = {k for chunk in results[2:] for k in chunk}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.publish(self._channel, f"{self.node}\nhb\n{time.time():.3f}")
+                pipe.pexpire(self._presence_key(self.node), self._ttl_ms)
+                pipe.time()
+                for start in range(0, len(keys), 1000):
+                    chunk = keys[start : start + 1000]
+                    await self._refresh(keys=chunk, args=[self._owner, self._ttl_ms], client=pipe)
+                results = await self._call(pipe.execute())
+            seconds, micros = results[2]
+            self._watermark = (int(seconds) * 1000 + int(micros) // 1000, 0)
+            lost = {k for chunk in results[3:] for k in chunk}
             for member in members:
                 if self._nick_key(member.nick) in lost:
                     self._evict(member)

@@ -50,6 +50,9 @@ from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from chat.errors import ErrorCode, ProtocolError
@@ -106,10 +109,12 @@ for _, key in ipairs(KEYS) do
 end
 return lost
 """
-# KEYS: keys to release. ARGV: exact value. Compare-and-delete.
+# KEYS: keys to release. ARGV: owner prefix. Compare-and-delete: only a claim of this node
+# (one node never holds two claims on one key, and a case-only rename keeps its claim).
 _RELEASE = """
 for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', key) end
 end
 return 0
 """
@@ -173,7 +178,13 @@ class RedisBackend:
         self._owner = self.node + "\n"
         self._hub: Hub | None = None
         self._redis: redis.Redis = redis.Redis.from_url(
-            settings.url, decode_responses=True, socket_timeout=settings.command_timeout * 2
+            settings.url,
+            decode_responses=True,
+            socket_timeout=settings.command_timeout * 2,
+            # A pooled connection that Redis closed while idle (its `timeout` setting) fails
+            # once; retry that on a fresh connection instead of calling the link down.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._claim = self._redis.register_script(_CLAIM)
         self._refresh = self._redis.register_script(_REFRESH)
@@ -232,9 +243,7 @@ class RedisBackend:
             return  # the claim expires by itself
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._call(
-                self._release(
-                    keys=[self._nick_key(nick), self._skel_key(nick)], args=[self._owner + nick]
-                )
+                self._release(keys=[self._nick_key(nick), self._skel_key(nick)], args=[self._owner])
             )
 
     def publish(self, event: Event) -> None:
@@ -288,7 +297,7 @@ class RedisBackend:
                     for member in self._hub.members:
                         await self._release(
                             keys=[self._nick_key(member.nick), self._skel_key(member.nick)],
-                            args=[self._owner + member.nick],
+                            args=[self._owner],
                             client=pipe,
                         )
                     await self._call(pipe.execute())
@@ -371,10 +380,12 @@ class RedisBackend:
                 rosters[node] = self._decode_roster(cast(dict[str, str], raw))
         now = asyncio.get_running_loop().time()
         for node in hub.remote_nodes() - set(rosters):
-            if now - self._last_seen.get(node, 0.0) > self.settings.dead_after:
-                hub.forget_node(node, "Their server went away")
+            # We could not hear anyone while cut off, and a Redis that restarted empty has no
+            # presence yet: give each such node dead_after seconds to be heard (its "sync"
+            # brings its roster) before the watchdog declares it gone.
+            self._last_seen[node] = now
         for node, known in rosters.items():
-            self._last_seen.setdefault(node, now)
+            self._last_seen[node] = now  # its presence is fresh: it was alive moments ago
             hub.sync_node(node, known)
         # Topics and history, or the gap since we last heard.
         topics = cast(dict[str, str], await self._call(self._redis.hgetall(f"{self._p}topics")))

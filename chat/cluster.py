@@ -198,6 +198,8 @@ class RedisBackend:
         # Redis's clock at our last heartbeat: after an outage, anything newer in a room's
         # stream is a gap to deliver, even in a room where we had seen no message yet.
         self._watermark: tuple[int, int] | None = None
+        # (node, id prefix, room key) -> number of the last event applied from there
+        self._seen: dict[tuple[str, str, str], int] = {}
         self._dropped = 0
         self._runner: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
@@ -417,8 +419,9 @@ class RedisBackend:
         for stream_id, fields in entries:
             self._last_id[key] = _stream_id(stream_id)
             event = self._entry_event(fields)
-            if event is not None and fields.get("n") != self.node:
-                hub.apply(fields.get("n", "?"), event)
+            node = fields.get("n", "?")
+            if event is not None and node != self.node and self._fresh(node, event):
+                hub.apply(node, event)
 
     async def _reclaim(self, hub: Hub) -> None:
         """Claim our users' nicknames again (Redis may have restarted empty)."""
@@ -485,7 +488,22 @@ class RedisBackend:
             if stream_id <= self._last_id.get(key, (0, 0)):
                 return  # already delivered, by the catch-up after a gap
             self._last_id[key] = stream_id
-        hub.apply(node, event)
+        if self._fresh(node, event):
+            hub.apply(node, event)
+
+    def _fresh(self, node: str, event: Event) -> bool:
+        """False for an event already applied: a publish retried after a broken connection
+        can arrive twice. Event ids count up per process, and one node's events in one room
+        (or outside rooms) arrive in the order it published them."""
+        origin, _, counter = event.id.rpartition("-")
+        if not counter.isdigit():
+            return True
+        scope = (node, origin, room_key(event.room) if event.room else "")
+        number = int(counter)
+        if number <= self._seen.get(scope, 0):
+            return False
+        self._seen[scope] = number
+        return True
 
     async def _publish_loop(self) -> None:
         """One writer, in order: per-sender order in a room is publication order."""

@@ -25,6 +25,12 @@ With ``--server-pid`` the summary also says how busy each side's core was
 (``cores_busy``, from /proc/stat, so kernel softirq time and other processes count) and how
 much CPU each process used, which tells whether the server, the generator or neither was
 the limit.
+
+Several servers at once (a cluster's nodes): ``--port 9001,9002`` spreads the clients over
+the ports round robin (client i connects to the (i mod n)-th port), and ``--server-pid``
+takes a comma-separated list too (memory and CPU are summed, and ``server_cpu_each`` says
+how much each used). With more than one port, the probes also split their latencies into
+deliveries from a sender on their own node and from one on another node.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ MARKER: Final = b"~B~"
 # A stamp counts only when the space after it arrived too, so a number cut at the end of a
 # read is never taken for a (wrong) time.
 _STAMP_RE: Final = re.compile(rb"~B~ (\d+) ")
+# The same, with the sender's index (``~B~ <ns> <index>``), when nodes are told apart.
+_STAMP_FROM_RE: Final = re.compile(rb"~B~ (\d+) (\d+)[ \r\n]")
 ROOM: Final = "#bench"
 TCP_CLOSE: Final = 7
 TCP_CLOSE_WAIT: Final = 8
@@ -123,23 +131,31 @@ class Client:
         "closed_at",
         "index",
         "latencies_ns",
+        "local_latencies_ns",
+        "node",
+        "nodes",
         "on_progress",
         "pending",
         "probe",
         "received",
+        "remote_latencies_ns",
         "sock",
     )
 
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, sock: socket.socket, nodes: int = 1) -> None:
         self.index = index
         self.sock = sock
+        self.nodes = nodes  # how many servers the clients are spread over
+        self.node = index % nodes  # the one this client is connected to
         self.probe = False
         self.received = 0
         self.latencies_ns: list[int] = []
+        self.local_latencies_ns: list[int] = []  # with several nodes: from this one
+        self.remote_latencies_ns: list[int] = []  # and from senders on another node
         self.carry = b""  # the last two bytes read: a marker may straddle two reads
         self.pending = b""  # unsent output (the kernel buffer was full)
         self.closed_at: float | None = None
-        self.on_progress: Callable[[], None] | None = None  # the clock client's wake-up
+        self.on_progress: Callable[[], None] | None = None  # a clock client's wake-up
 
     @property
     def nick(self) -> str:
@@ -227,9 +243,12 @@ def on_readable(client: Client, irc: bool, probe_bytes: int) -> None:
     client.received += count
     if client.probe and count:
         now = time.monotonic_ns()
-        client.latencies_ns.extend(
-            now - int(stamp) for stamp in _STAMP_RE.findall(buf, 0, min(n, probe_bytes))
-        )
+        if client.nodes == 1:
+            client.latencies_ns.extend(
+                now - int(stamp) for stamp in _STAMP_RE.findall(buf, 0, min(n, probe_bytes))
+            )
+        else:
+            _split_latencies(client, now, _STAMP_FROM_RE.findall(buf, 0, min(n, probe_bytes)))
     if irc and n < 16384 and buf.find(b"PING ", 0, n) >= 0:
         # Servers ping idle connections, whose reads are small; a flooded one is not idle.
         for line in bytes(buf[:n]).split(b"\n"):
@@ -237,6 +256,18 @@ def on_readable(client: Client, irc: bool, probe_bytes: int) -> None:
                 write(client, b"PONG " + line[5:] + b"\n")
     if client.on_progress is not None:
         client.on_progress()
+
+
+def _split_latencies(client: Client, now: int, stamps: list[tuple[bytes, bytes]]) -> None:
+    """Record latencies, and separately those of senders on another node than ``client``."""
+    nodes = client.nodes
+    for stamp, sender in stamps:
+        latency = now - int(stamp)
+        client.latencies_ns.append(latency)
+        if int(sender) % nodes == client.node:
+            client.local_latencies_ns.append(latency)
+        else:
+            client.remote_latencies_ns.append(latency)
 
 
 def start_reading(client: Client, irc: bool, probe_bytes: int) -> None:
@@ -310,6 +341,7 @@ async def open_clients(
     """
     loop = asyncio.get_running_loop()
     local = args.host.startswith("127.")
+    ports: tuple[int, ...] = args.port
     sources = [f"127.0.0.{2 + i}" for i in range(args.source_addresses)]
     gate = asyncio.Semaphore(args.parallel)
     clients: list[Client | None] = [None] * count
@@ -327,9 +359,9 @@ async def open_clients(
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if local:
                     sock.bind((sources[i % len(sources)], 0))
-                client = Client(i, sock)
+                client = Client(i, sock, len(ports))
                 async with asyncio.timeout(args.register_timeout):
-                    await loop.sock_connect(sock, (args.host, args.port))
+                    await loop.sock_connect(sock, (args.host, ports[client.node]))
                     await dialect.register(client, join=join)
             except (OSError, TimeoutError) as exc:
                 sock.close()
@@ -358,7 +390,7 @@ async def open_clients(
 async def send_load(
     args: argparse.Namespace,
     senders: Sequence[Client],
-    clock: Client,
+    clocks: Sequence[Client],
     dialect: Dialect,
     stop_at: float,
 ) -> int:
@@ -379,13 +411,15 @@ async def send_load(
         return sent
 
     # Flat out, but closed-loop: keep at most --window messages in flight, measured by the
-    # clock client (which receives every message), so the generator never just fills
+    # clock clients (which receive every message; one per server, so that with several
+    # nodes no direction between them runs ahead), so the generator never just fills
     # buffers. Each step one sender writes --batch lines in one send.
     progress = asyncio.Event()
-    clock.on_progress = progress.set
+    for clock in clocks:
+        clock.on_progress = progress.set
     batch = max(1, args.batch)
     while loop.time() < stop_at:
-        if sent - clock.received > args.window:
+        if sent - min(clock.received for clock in clocks) > args.window:
             progress.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
@@ -397,7 +431,8 @@ async def send_load(
         sent += batch
         if turn % len(senders) == 0:
             await asyncio.sleep(0)  # let the reads in
-    clock.on_progress = None
+    for clock in clocks:
+        clock.on_progress = None
     return sent
 
 
@@ -424,38 +459,64 @@ def latency_summary(clients: Sequence[Client]) -> dict[str, float | None]:
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v / 1e6, 3)
 
-    return {
+    found = {
         "latency_ms_p50": ms(percentile(values, 0.50)),
         "latency_ms_p99": ms(percentile(values, 0.99)),
         "latency_ms_max": ms(values[-1] if values else None),
         "latency_samples": len(values),
     }
+    if any(c.nodes > 1 for c in clients):
+        remote = sorted(v for c in clients for v in c.remote_latencies_ns)
+        same = sorted(v for c in clients for v in c.local_latencies_ns)
+        found |= {
+            "latency_ms_p50_same_node": ms(percentile(same, 0.50)),
+            "latency_ms_p99_same_node": ms(percentile(same, 0.99)),
+            "latency_ms_p50_cross_node": ms(percentile(remote, 0.50)),
+            "latency_ms_p99_cross_node": ms(percentile(remote, 0.99)),
+            "latency_samples_cross_node": len(remote),
+        }
+    return found
+
+
+def servers_rss_kib(pids: Sequence[int]) -> int | None:
+    """The resident memory of all ``pids`` together, in KiB (None if one is unreadable)."""
+    sizes = [rss_kib(pid) for pid in pids]
+    if not sizes or None in sizes:
+        return None
+    return sum(size for size in sizes if size is not None)
 
 
 class CpuMeter:
-    """CPU used by the generator, the server, and the cores both run on, over an interval."""
+    """CPU used by the generator, the servers, and the cores they run on, over an interval."""
 
-    def __init__(self, server_pid: int, generator_cores: set[int]) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: Sequence[int], generator_cores: set[int]) -> None:
+        self.server_pids = tuple(server_pids)
         cores = set(generator_cores)
-        if server_pid:
+        for pid in self.server_pids:
             with contextlib.suppress(OSError):
-                cores |= os.sched_getaffinity(server_pid)
+                cores |= os.sched_getaffinity(pid)
         self.cores = sorted(cores) if len(cores) <= 4 else []
         self._start = self._read()
 
-    def _read(self) -> tuple[float | None, float | None, dict[int, tuple[int, int]]]:
-        server = cpu_seconds(self.server_pid) if self.server_pid else None
-        return cpu_seconds(), server, core_times() if self.cores else {}
+    def _read(self) -> tuple[float | None, list[float | None], dict[int, tuple[int, int]]]:
+        servers = [cpu_seconds(pid) for pid in self.server_pids]
+        return cpu_seconds(), servers, core_times() if self.cores else {}
 
     def summary(self, wall: float) -> dict[str, Any]:
-        gen_end, server_end, cores_end = self._read()
-        gen_start, server_start, cores_start = self._start
+        gen_end, servers_end, cores_end = self._read()
+        gen_start, servers_start, cores_start = self._start
         found: dict[str, Any] = {}
         if gen_start is not None and gen_end is not None:
             found["generator_cpu"] = round((gen_end - gen_start) / wall, 3)
-        if server_start is not None and server_end is not None:
-            found["server_cpu"] = round((server_end - server_start) / wall, 3)
+        each = {
+            str(pid): round((end - start) / wall, 3)
+            for pid, start, end in zip(self.server_pids, servers_start, servers_end, strict=True)
+            if start is not None and end is not None
+        }
+        if each and len(each) == len(self.server_pids):
+            found["server_cpu"] = round(sum(each.values()), 3)
+            if len(each) > 1:
+                found["server_cpu_each"] = each
         busy = {}
         for core in self.cores:
             if core in cores_start and core in cores_end:
@@ -520,7 +581,7 @@ def generator_cores(args: argparse.Namespace) -> set[int]:
 
 async def run_fanout(args: argparse.Namespace, *, slow: int = 0) -> dict[str, Any]:
     dialect = Dialect(args.protocol, args.size)
-    rss_before = rss_kib(args.server_pid) if args.server_pid else None
+    rss_before = servers_rss_kib(args.server_pid)
     clients, errors = await open_clients(args, args.clients, dialect, join=True, silent=slow)
     try:
         return await _fanout(
@@ -552,12 +613,13 @@ async def _fanout(
         client.received = 0
     # The clients that only count wake the generator once per --lowat bytes, not per line
     # (the kernel holds the rest): far fewer reads, the same deliveries.
-    clock = healthy[-1]
-    counters = [c for c in healthy if not c.probe and c is not clock]
+    # One clock per server: the last healthy client connected to it.
+    clocks = list({c.node: c for c in healthy}.values())
+    counters = [c for c in healthy if not c.probe and c not in clocks]
     set_lowat(counters, args.lowat)
-    # The clock client receives every message (so, on IRC, which does not echo, it must not
-    # send); flat-out senders pace themselves on it.
-    candidates = healthy[:-1] if dialect.irc else healthy
+    # A clock client receives every message (so, on IRC, which does not echo, it must not
+    # send); flat-out senders pace themselves on the clocks.
+    candidates = [c for c in healthy if c not in clocks] if dialect.irc else healthy
     senders = candidates[: args.senders] if args.senders else candidates
     meter = CpuMeter(args.server_pid, generator_cores(args))
     started = loop.time()
@@ -570,7 +632,7 @@ async def _fanout(
         while True:
             now = loop.time() - started
             if args.server_pid:
-                memory.append((round(now, 2), rss_kib(args.server_pid)))
+                memory.append((round(now, 2), servers_rss_kib(args.server_pid)))
             watched = [c for c in slow_clients if c.index not in dropped_at]
             if watched:
                 gone = {c.index for c in watched if tcp_state(c.sock) in DROPPED_STATES}
@@ -582,7 +644,7 @@ async def _fanout(
 
     watcher = asyncio.create_task(watch())
     try:
-        sent = await send_load(args, senders, clock, dialect, stop_at)
+        sent = await send_load(args, senders, clocks, dialect, stop_at)
         elapsed = loop.time() - started
         set_lowat(counters, 1)  # what the kernel held for them was delivered in time
         for client in counters:
@@ -601,6 +663,7 @@ async def _fanout(
     summary: dict[str, Any] = {
         "scenario": "slow" if slow else "fanout",
         "protocol": args.protocol,
+        **({"ports": list(args.port)} if len(args.port) > 1 else {}),
         "clients": args.clients,
         "connected": len(clients),
         "connect_errors": sum(errors.values()),
@@ -634,7 +697,7 @@ async def _fanout(
 async def run_conns(args: argparse.Namespace) -> dict[str, Any]:
     dialect = Dialect(args.protocol)
     loop = asyncio.get_running_loop()
-    rss_before = rss_kib(args.server_pid) if args.server_pid else None
+    rss_before = servers_rss_kib(args.server_pid)
     meter = CpuMeter(args.server_pid, generator_cores(args))
     started = loop.time()
     clients, errors = await open_clients(args, args.clients, dialect, join=args.join)
@@ -642,11 +705,12 @@ async def run_conns(args: argparse.Namespace) -> dict[str, Any]:
     cpu = meter.summary(elapsed)
     try:
         await asyncio.sleep(args.settle)  # let the server's allocator settle before measuring
-        rss_after = rss_kib(args.server_pid) if args.server_pid else None
+        rss_after = servers_rss_kib(args.server_pid)
         held = sum(1 for c in clients if c.closed_at is None)
         summary: dict[str, Any] = {
             "scenario": "conns",
             "protocol": args.protocol,
+            **({"ports": list(args.port)} if len(args.port) > 1 else {}),
             "clients": args.clients,
             "joined_room": args.join,
             "connected": len(clients),
@@ -668,6 +732,31 @@ async def run_conns(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    """``"9001"`` or ``"9001,9002"`` as a tuple of non-negative ints."""
+    try:
+        numbers = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if any(n < 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"negative number in {text!r}")
+    return numbers
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports = _numbers(text)
+    if not ports or not all(0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError(f"not a port or a comma-separated list of ports: {text!r}")
+    return ports
+
+
+def _pids(text: str) -> tuple[int, ...]:
+    """Process ids, each once; ``0`` (the default) means none."""
+    return tuple(dict.fromkeys(pid for pid in _numbers(text) if pid))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-bench",
@@ -677,7 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("scenario", choices=["fanout", "conns", "slow"])
     add("--host", default="127.0.0.1")
-    add("--port", type=int, default=9000)
+    add(
+        "--port",
+        type=_ports,
+        default=(9000,),
+        metavar="PORT[,PORT...]",
+        help="TCP port; several spread the clients over them round robin (a cluster's nodes)",
+    )
     add("--protocol", choices=["chat", "irc"], default="chat")
     add("--clients", type=int, default=100, help="connections (in the room, but for conns)")
     add("--senders", type=int, default=0, help="how many send; 0 means all")
@@ -697,8 +792,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--connect-deadline", type=float, default=120.0, help="for all connections")
     add("--drain-timeout", type=float, default=15.0)
     add("--settle", type=float, default=1.0, help="conns: pause before RSS")
-    add("--server-pid", type=int, default=0, help="measure this process's RSS and CPU")
-    add("--server-cpu", type=int, default=None, help="pin --server-pid here")
+    add(
+        "--server-pid",
+        type=_pids,
+        default=(),
+        metavar="PID[,PID...]",
+        help="measure these processes' RSS and CPU (summed); 0 = none",
+    )
+    add("--server-cpu", type=int, default=None, help="pin the --server-pid processes here")
     add("--cpu", type=int, default=None, help="pin the load generator here")
     add("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     return parser
@@ -708,8 +809,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    if args.server_cpu is not None and args.server_pid:
-        os.sched_setaffinity(args.server_pid, {args.server_cpu})
+    if args.server_cpu is not None:
+        for pid in args.server_pid:
+            os.sched_setaffinity(pid, {args.server_cpu})
     limit = raise_file_limit(args.clients + 256)
     if limit < args.clients + 16:
         print(f"chat-bench: open-file limit {limit} is too low", file=sys.stderr)

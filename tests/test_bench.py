@@ -60,6 +60,15 @@ class RunningServer:
 
 @pytest.fixture(scope="module")
 def chat_server() -> Iterator[RunningServer]:
+    yield from _start_server()
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[RunningServer]:
+    yield from _start_server()
+
+
+def _start_server() -> Iterator[RunningServer]:
     """``chat-server --port 0`` in a subprocess; the port is read from its log line."""
     process = subprocess.Popen(
         [
@@ -98,13 +107,15 @@ def chat_server() -> Iterator[RunningServer]:
             process.wait()
 
 
-def bench(server: RunningServer, *args: str) -> dict[str, Any]:
+def bench(server: RunningServer, *args: str, also: RunningServer | None = None) -> dict[str, Any]:
+    """Run chat-bench against ``server`` (and ``also``: the clients alternate between them)."""
+    servers = [server] if also is None else [server, also]
     done = subprocess.run(
         [
             *_command("chat-bench", "chat.bench"),
             *args,
-            f"--port={server.port}",
-            f"--server-pid={server.process.pid}",
+            f"--port={','.join(str(s.port) for s in servers)}",
+            f"--server-pid={','.join(str(s.process.pid) for s in servers)}",
             "--register-timeout=10",
             "--drain-timeout=10",
         ],
@@ -166,3 +177,40 @@ def test_slow_summary(chat_server: RunningServer) -> None:
     assert summary["slow_dropped"] in (0, 1)  # 1 s is too little to fill its buffers
     assert isinstance(summary["slow_dropped_at_s"], list)
     assert isinstance(summary["server_rss_kib_over_time"], list)
+
+
+def test_ports_and_pids_take_lists() -> None:
+    from chat.bench import build_parser  # noqa: PLC0415
+
+    args = build_parser().parse_args(["conns", "--port=9001,9002", "--server-pid=12,34"])
+    assert args.port == (9001, 9002)
+    assert args.server_pid == (12, 34)
+    args = build_parser().parse_args(["conns", "--port=9001"])
+    assert args.port == (9001,)
+    assert args.server_pid == ()  # the default, 0, means none
+
+
+def test_clients_alternate_between_ports(
+    chat_server: RunningServer, second_server: RunningServer
+) -> None:
+    summary = bench(chat_server, "conns", "--clients=6", "--settle=0.1", also=second_server)
+    assert summary["ports"] == [chat_server.port, second_server.port]
+    assert summary["connected"] == summary["held"] == 6
+    assert summary["errors"] == 0
+    assert set(summary["server_cpu_each"]) == {
+        str(chat_server.process.pid),
+        str(second_server.process.pid),
+    }
+
+
+def test_fanout_over_two_ports_splits_latency(chat_server: RunningServer) -> None:
+    # The same server twice: one room, so every message still reaches everyone, and the
+    # probes tell "same port" from "other port" senders apart.
+    summary = bench(
+        chat_server, "fanout", "--clients=6", "--duration=1", "--rate=50", also=chat_server
+    )
+    assert summary["ports"] == [chat_server.port] * 2
+    assert summary["loss"] == 0
+    assert summary["latency_samples_cross_node"] > 0
+    assert summary["latency_ms_p99_same_node"] is not None
+    assert summary["latency_ms_p99_cross_node"] is not None

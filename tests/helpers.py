@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from chat.protocol import Event, parse_event
 
@@ -137,3 +144,57 @@ class JsonClient:
                 await self.writer.wait_closed()
         except (OSError, TimeoutError):
             pass
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1: cryptography, else openssl."""
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    try:
+        from cryptography import x509  # noqa: PLC0415 - optional: openssl is the fallback
+        from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+        from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            pytest.skip("neither the cryptography package nor the openssl CLI is available")
+        subprocess.run(
+            [
+                *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+                *("-nodes", "-days", "1", "-subj", "/CN=chat test"),
+                *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+                *("-keyout", str(key_file), "-out", str(cert_file)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cert_file, key_file
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chat test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import gc
-import ipaddress
 import itertools
 import json
 import logging
@@ -25,7 +23,6 @@ import re
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,18 +37,7 @@ from chat.protocol import Event, FrameError, LineFramer, parse_event
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
 from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient, LineClient
-
-try:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    HAVE_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - the openssl command is the fallback
-    HAVE_CRYPTOGRAPHY = False
-
+from tests.helpers import WAIT, JsonClient, LineClient, make_certificate
 
 # --- small tools ----------------------------------------------------------------------------
 
@@ -1055,51 +1041,10 @@ def _leaves(exc: BaseException | None) -> Iterable[BaseException]:
 # --- 8. TLS -------------------------------------------------------------------------------
 
 
-def _write_self_signed(cert: Path, key: Path) -> None:
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 @pytest.fixture
 async def tls_files(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate for localhost and 127.0.0.1, made now."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    if HAVE_CRYPTOGRAPHY:
-        _write_self_signed(cert, key)
-    else:  # pragma: no cover
-        process = await asyncio.create_subprocess_exec(
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1",
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert await asyncio.wait_for(process.wait(), 60) == 0
+    cert, key = make_certificate(tmp_path)
     return str(cert), str(key)
 
 

@@ -762,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chat-bench",
         description="Load generator for chat servers (this one, or IRC servers).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     add = parser.add_argument
     add("scenario", choices=["fanout", "conns", "slow"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import multiprocessing
+import os
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,6 +20,7 @@ from chat.session import Limits
 __all__ = ["build_server_parser", "server_main"]
 
 log = logging.getLogger("chat.cli")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _count(text: str) -> int:
@@ -57,6 +60,7 @@ def build_server_parser() -> argparse.ArgumentParser:
         prog="chat-server",
         description="A chat server for telnet, netcat and programs. Protocol: protocol.md.",
         formatter_class=_HelpFormatter,
+        allow_abbrev=False,
     )
     add = parser.add_argument
     add("--version", action="version", version=f"chat-server {__version__}")
@@ -195,6 +199,14 @@ def build_server_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _have_redis() -> bool:
+    try:
+        import redis  # noqa: F401, PLC0415 - only asking whether the cluster extra is there
+    except ImportError:
+        return False
+    return True
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
@@ -265,82 +277,81 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             "--workers above 1 needs --redis: separate processes share one chat only "
             "through a cluster"
         )
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if args.redis and not _have_redis():
+        parser.error(
+            "--redis needs redis-py, which is not installed: "
+            "pip install 'chat[cluster]' (or: pip install 'redis[hiredis]')"
+        )
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    config = config_from_args(args)
     if args.workers > 1:
-        return run_workers(args, list(sys.argv[1:] if argv is None else argv))
-    factory = loop_factory(args.loop)
+        return run_workers(config, args.workers, args.loop)
+    return _serve(config, args.loop)
+
+
+def _serve(config: ServerConfig, loop: str) -> int:
+    factory = loop_factory(loop)
     log.debug("event loop: %s", "uvloop" if factory else "asyncio")
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(run_server(config_from_args(args)))
+            return runner.run(run_server(config))
     except OSError as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
         return 1
 
 
-def _without_option(argv: list[str], option: str) -> list[str]:
-    """``argv`` minus ``option`` and its value (``--option V`` or ``--option=V``)."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            kept.append(arg)
-    return kept
+def run_workers(config: ServerConfig, workers: int, loop: str) -> int:
+    """Start ``workers`` servers on one port and supervise them until a signal.
 
-
-def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
-    """Start ``--workers`` servers on one port and supervise them until a signal.
-
-    This parent runs no event loop: it only starts children, forwards SIGINT/SIGTERM to
-    them, and waits. With ``--port 0`` it reserves a port first (bound with SO_REUSEPORT,
-    never listening) so every child binds the same one.
+    Each child is handed its :class:`ServerConfig` (pickled by ``multiprocessing``), never
+    an edited command line: what the parent parsed is exactly what every child runs. This
+    parent runs no event loop: it only starts children, forwards SIGINT/SIGTERM to them,
+    and waits. With ``--port 0`` it reserves a port first (bound with SO_REUSEPORT, never
+    listening) so every child binds the same one.
     """
     reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserved.bind((args.host or "0.0.0.0", args.port))
+    reserved.bind((config.host or "0.0.0.0", config.port))
     port = reserved.getsockname()[1]
-    base = _without_option(_without_option(argv, "--workers"), "--port")
-    base = _without_option(base, "--node-id")
-    prefix = args.node_id or socket.gethostname()
+    prefix = config.node_id or socket.gethostname()
+    spawn = multiprocessing.get_context("spawn")
     children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chat",
-                *base,
-                "--port",
-                str(port),
-                "--reuse-port",
-                "--node-id",
-                f"{prefix}-w{index}",
-            ],
-            # Their own process group: a Ctrl-C at the terminal reaches only this parent,
-            # which forwards it once (a second signal would make a child abort).
-            start_new_session=True,
+        spawn.Process(
+            target=_worker_main,
+            args=(
+                dataclasses.replace(
+                    config, port=port, reuse_port=True, node_id=f"{prefix}-w{index}"
+                ),
+                loop,
+                logging.getLogger().level,
+            ),
+            name=f"chat-server-w{index}",
         )
-        for index in range(args.workers)
+        for index in range(workers)
     ]
+    for child in children:
+        child.start()
     reserved.close()
     log.info("started %d workers on port %d", len(children), port)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    codes = [child.wait() for child in children]
-    return 0 if all(code == 0 for code in codes) else 1
+    for child in children:
+        child.join()
+    return 0 if all(child.exitcode == 0 for child in children) else 1
+
+
+def _worker_main(config: ServerConfig, loop: str, log_level: int) -> None:
+    """One ``--workers`` child: its own session (a Ctrl-C at the terminal reaches only the
+    parent, which forwards it once; a second signal would make a child abort)."""
+    os.setsid()
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    sys.exit(_serve(config, loop))
 
 
 if __name__ == "__main__":

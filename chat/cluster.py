@@ -342,7 +342,7 @@ class RedisBackend:
             finally:
                 await _cancel_until_done(tasks)
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             self._set_linked(False)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 5.0)

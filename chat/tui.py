@@ -1161,6 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-client",
         description="Terminal chat client. Full-screen on a terminal; line mode in pipes.",
+        allow_abbrev=False,
     )
     parser.add_argument("address", metavar="host:port", help="the server, e.g. localhost:9000")
     parser.add_argument("--nick", help="your nickname (default: ask, offering $USER)")

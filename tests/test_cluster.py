@@ -1339,6 +1339,36 @@ def test_workers_without_redis_is_refused() -> None:
     assert "listening" not in result.stderr
 
 
+def test_abbreviated_options_are_refused() -> None:
+    """``--work 3`` once reached every child unchanged, and each child started three more."""
+    result = subprocess.run(
+        [chat_server_script(), "--work", "2", "--redis", "redis://127.0.0.1:1/0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unrecognized arguments: --work 2" in result.stderr, result.stderr
+
+
+def test_redis_without_redis_py_says_what_to_install() -> None:
+    """A single-process install has no redis-py: --redis says exactly what is missing."""
+    hide_redis = (
+        "import sys; sys.modules['redis'] = None; from chat.cli import server_main; "
+        "sys.exit(server_main(['--redis', 'redis://127.0.0.1:1/0', '--port', '0']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide_redis],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "pip install 'chat[cluster]'" in result.stderr, result.stderr
+
+
 async def test_workers_share_one_port_and_one_chat(
     cluster: Cluster, spawn: Callable[..., Any]
 ) -> None:

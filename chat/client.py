@@ -28,12 +28,10 @@ How answers and errors reach you
 
 Matching answers to questions
 -----------------------------
-The protocol has no request ids, but the server handles one connection's lines in order and
-answers ``ping`` with a ``pong`` carrying our token. So a query is written as three lines in
-one write: ``ping A``, the command, ``ping B``. Whatever arrives between ``pong A`` and
-``pong B`` that only our own command can cause (a ``who``, a ``rooms``, an ``error``, our own
-``join``) is its answer; other people's messages interleave freely and are never mistaken for
-answers.
+Every query carries a request id (``"id"``); the server stamps each event it sends in answer
+with ``"re"`` set to that id, including the ``error`` that refuses it (protocol.md, "Request
+ids"). So an answer is matched to its question by id alone; other people's messages
+interleave freely and are never mistaken for answers.
 
 Reconnecting
 ------------
@@ -47,50 +45,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from chat.commands import (
+    Command,
+    HelloCommand,
+    JoinCommand,
+    MeCommand,
+    MsgCommand,
+    NickCommand,
+    PartCommand,
+    PingCommand,
+    PongCommand,
+    QuitCommand,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    WhoCommand,
+    encode_command,
+)
 from chat.errors import ConnectionLost, ErrorCode, NickUnavailable, ServerError
 from chat.protocol import (
     LOBBY,
     Bye,
-    Command,
     Error,
     Event,
     FrameError,
     Hello,
-    HelloCommand,
     Join,
-    JoinCommand,
     LineFramer,
-    MeCommand,
-    MsgCommand,
     Nick,
-    NickCommand,
     Part,
-    PartCommand,
     Ping,
-    PingCommand,
-    Pong,
-    PongCommand,
-    QuitCommand,
     RoomInfo,
     RoomList,
-    RoomsCommand,
-    SayCommand,
     Topic,
-    TopicCommand,
     Welcome,
     Who,
-    WhoCommand,
-    decode_line,
     nick_key,
     parse_event,
     room_key,
@@ -102,7 +100,6 @@ __all__ = [
     "Connect",
     "Connection",
     "connect",
-    "encode_command",
     "parse_address",
 ]
 
@@ -149,13 +146,6 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad address {address!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
-
-
-def encode_command(command: Command) -> bytes:
-    """The JSON line that carries ``command``; ``parse_json_command`` reads it back unchanged."""
-    obj: dict[str, Any] = {"type": type(command).__name__.removesuffix("Command").lower()}
-    obj.update((k, v) for k, v in asdict(command).items() if v is not None)
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -231,16 +221,11 @@ class _Pacer:
 
 @dataclass(eq=False, slots=True)
 class _Query:
-    """A command waiting for its answer between two fence pongs (see the module docstring)."""
+    """A command waiting for the first answer that carries its request id."""
 
-    first: str
-    last: str
-    wants: Callable[[Event], bool]
     consume: bool  # answers meant only for the asker are not yielded by the iterator
-    future: asyncio.Future[Event | None]
+    future: asyncio.Future[Event]
     nick: str = ""  # for nick(): the name to blame in NickUnavailable
-    open: bool = False
-    answer: Event | None = None
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
@@ -284,13 +269,11 @@ class Connection:
         self._queue_has_room.set()
         self._send_lock = asyncio.Lock()
         self._pacer = _Pacer(rate, burst)
-        self._queries: list[_Query] = []
-        self._pings: dict[str, asyncio.Future[None]] = {}
-        self._token_prefix = f"c{next(_connection_ids)}-"
-        self._tokens = itertools.count(1)
+        self._queries: dict[str, _Query] = {}  # request id -> the query waiting for it
+        self._id_prefix = f"c{next(_connection_ids)}-"
+        self._ids = itertools.count(1)
         self._registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._saw_json = False
-        self._text_farewell = ""  # a text "*** Closing connection: ..." sent before any JSON
         self._lost_message = ""
         self._quitting = False
         self._closed = False
@@ -369,28 +352,26 @@ class Connection:
 
         Returns once joined; the join, topic, member list and history arrive as events.
         """
-        await self._query(JoinCommand(room), self._mine(Join))
+        await self._query(JoinCommand(room))
 
     async def part(self, room: str | None = None, reason: str = "") -> None:
         """Leave ``room`` (the active room if None); the room sees ``reason``."""
-        await self._query(PartCommand(room, reason), self._mine(Part))
+        await self._query(PartCommand(room, reason))
 
     async def nick(self, new: str) -> None:
         """Rename; raises NickUnavailable if ``new`` is taken, reserved or invalid."""
-        await self._query(NickCommand(new), self._mine(Nick), nick=new)
+        await self._query(NickCommand(new), nick=new)
 
     async def who(self, room: str | None = None) -> tuple[str, ...]:
         """The members of ``room`` (the active room if None), sorted."""
-        answer = await self._query(WhoCommand(room), lambda e: isinstance(e, Who), consume=True)
-        if not isinstance(answer, Who):
-            raise ServerError("no_answer", "The server did not answer who.")
+        answer = await self._query(WhoCommand(room), consume=True)
+        assert isinstance(answer, Who)
         return answer.members
 
     async def rooms(self) -> tuple[RoomInfo, ...]:
         """Every room on the server with its member count and topic, sorted by name."""
-        answer = await self._query(RoomsCommand(), lambda e: isinstance(e, RoomList), consume=True)
-        if not isinstance(answer, RoomList):
-            raise ServerError("no_answer", "The server did not answer rooms.")
+        answer = await self._query(RoomsCommand(), consume=True)
+        assert isinstance(answer, RoomList)
         return answer.rooms
 
     async def topic(self, room: str | None = None, text: str | None = None) -> str:
@@ -398,32 +379,15 @@ class Connection:
 
         Returns the topic as the server now has it.
         """
-        if text is None:
-            answer = await self._query(
-                TopicCommand(room, None),
-                lambda e: isinstance(e, Topic) and e.nick is None,
-                consume=True,
-            )
-        else:
-            answer = await self._query(TopicCommand(room, text), self._mine(Topic))
-        if not isinstance(answer, Topic):
-            raise ServerError("no_answer", "The server did not answer topic.")
+        answer = await self._query(TopicCommand(room, text), consume=text is None)
+        assert isinstance(answer, Topic)
         return answer.text
 
-    async def ping(self, token: str | None = None) -> float:
+    async def ping(self, token: str = "") -> float:
         """Round trip to the server and back, in seconds: proof the connection works."""
-        token = token or self._new_token()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pings[token] = future
-        try:
-            await self._write(encode_command(PingCommand(token)))
-            started = loop.time()  # after the write: pacing is not network time
-            async with asyncio.timeout(self._request_timeout):
-                await future
-        finally:
-            self._pings.pop(token, None)
-            _mark_retrieved(future)
+        started = loop.time()
+        await self._query(PingCommand(token), consume=True)
         return loop.time() - started
 
     async def quit(self, reason: str = "") -> None:
@@ -469,37 +433,23 @@ class Connection:
                 "(is this a chat server?)"
             ) from None
 
-    def _new_token(self) -> str:
-        return f"{self._token_prefix}{next(self._tokens)}"
-
-    def _mine(self, kind: type[Event]) -> Callable[[Event], bool]:
-        """Matches an event of ``kind`` caused by us (others' events interleave)."""
-        me = nick_key(self._nick)
-        return lambda e: isinstance(e, kind) and e.nick is not None and nick_key(e.nick) == me
-
     async def _query(
         self,
         command: Command,
-        wants: Callable[[Event], bool],
         *,
         consume: bool = False,
         nick: str = "",
-    ) -> Event | None:
-        """Send ``command`` between two fence pings and wait for what arrives between them."""
-        future: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
-        query = _Query(self._new_token(), self._new_token(), wants, consume, future, nick)
-        self._queries.append(query)
+    ) -> Event:
+        """Send ``command`` with a fresh request id; return the answer that carries it."""
+        ident = f"{self._id_prefix}{next(self._ids)}"
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._queries[ident] = _Query(consume, future, nick)
         try:
-            await self._write(
-                encode_command(PingCommand(query.first)),
-                encode_command(command),
-                encode_command(PingCommand(query.last)),
-            )
+            await self._write(encode_command(command, ident))
             async with asyncio.timeout(self._request_timeout):
                 return await future
         finally:
-            if query in self._queries:
-                self._queries.remove(query)  # never sent, or it timed out: stop matching
+            self._queries.pop(ident, None)  # answered, never sent, or timed out
             _mark_retrieved(future)
 
     def _refusal(self, event: Error, nick: str) -> Exception:
@@ -508,34 +458,20 @@ class Connection:
         return ServerError(event.code, event.text)
 
     def _answer(self, event: Event) -> bool:
-        """Give ``event`` to a waiting ping or query; True if it must not be yielded."""
-        if isinstance(event, Pong):
-            ping = self._pings.pop(event.text, None)
-            if ping is not None:
-                if not ping.done():
-                    ping.set_result(None)
-                return True
-            for query in self._queries:
-                if event.text == query.first:
-                    query.open = True
-                    return True
-                if event.text == query.last:
-                    self._queries.remove(query)
-                    if not query.future.done():
-                        query.future.set_result(query.answer)
-                    return True
-            return False
-        current = next((q for q in self._queries if q.open), None)
-        if current is None:
+        """Give ``event`` to the query it answers; True if it must not be yielded.
+
+        The first answer settles a query: the result (a ``who``, our own ``join``), or a
+        ``notice`` where there is nothing to do (a rename to the name we have), or the
+        ``error`` that refuses it. Later answers (the notice after a part) are yielded.
+        """
+        query = self._queries.get(event.re) if event.re is not None else None
+        if query is None or query.future.done():
             return False
         if isinstance(event, Error):
-            if not current.future.done():
-                current.future.set_exception(self._refusal(event, current.nick))
+            query.future.set_exception(self._refusal(event, query.nick))
             return True
-        if current.answer is None and current.wants(event):
-            current.answer = event
-            return current.consume
-        return False
+        query.future.set_result(event)
+        return query.consume
 
     # --- internals: reading --------------------------------------------------------------
 
@@ -561,10 +497,7 @@ class Connection:
 
     async def _handle_line(self, line: bytes) -> None:
         if not line.startswith(b"{"):
-            text = decode_line(line)
-            if text.startswith("*** Closing connection:"):
-                self._text_farewell = text.removeprefix("*** Closing connection:").strip()
-            return  # the greeting and anything else meant for people
+            return  # the greeting, meant for people
         try:
             event = parse_event(line)
         except ValueError:
@@ -627,8 +560,6 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        if not self.close_reason:
-            self.close_reason = self._text_farewell
         if problem and not self.close_reason:
             message = f"{self.address}: connection lost: {problem}"
         elif not self._saw_json and not self.close_reason:
@@ -641,9 +572,9 @@ class Connection:
         if not self._registered.done():
             self._registered.set_exception(ConnectionLost(message))
             _mark_retrieved(self._registered)  # connect() may have given up waiting already
-        for future in [q.future for q in self._queries] + list(self._pings.values()):
-            if not future.done():
-                future.set_exception(ConnectionLost(message))
+        for query in self._queries.values():
+            if not query.future.done():
+                query.future.set_exception(ConnectionLost(message))
         self._queries.clear()
         self._lost_message = message
         self._events.put_nowait(None)

@@ -73,12 +73,25 @@ class ChatError(Exception):
 
 
 class ProtocolError(ChatError):
-    """The peer sent something the protocol refuses; ``code`` says what, ``message`` says why."""
+    """The peer sent something the protocol refuses; ``code`` says what, ``message`` says why.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``command`` names the command refused (when the parser got that far) and ``request``
+    is the id the client gave it, so the ``error`` event can answer that request.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        command: str | None = None,
+        request: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.command = command
+        self.request = request
 
 
 class ClientError(ChatError):

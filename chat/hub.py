@@ -1,36 +1,50 @@
-"""Rooms, nicknames, history and fan-out. The hub knows nothing about sockets.
+"""Rooms, nicknames, history and fan-out. The hub knows nothing about sockets or Redis.
 
-A connection hands the hub a :class:`Peer`: something with a dialect and a ``push`` that
-queues bytes without ever blocking. The hub renders each event once per dialect and pushes
-the same bytes to every recipient, so a broadcast costs one render and one ``push`` per
-member and never waits on anybody's socket.
+A connection hands the hub a :class:`Peer`: something with a codec and a ``push`` that queues
+bytes without ever blocking. Every event any peer receives goes through the hub's
+:class:`Outbox`, the one ordered delivery path: it renders each event once per codec key,
+pushes the same bytes to every recipient, batches what is posted to rooms per event-loop
+iteration, and keeps, for every recipient, the order in which events happened. No caller
+has a rule to remember: the only thing that could reorder a batch, a room's membership
+changing under it, flushes the outbox itself (:meth:`Hub._enter`, :meth:`Hub._leave`).
 
 The nickname registry changes only under ``Hub.lock``; every check-then-claim sequence
 holds it, so a backend that must await (a cluster claiming a nickname remotely) cannot
 interleave two registrations of one nickname.
 
-A :class:`Backend` carries what happens here to other server processes and back. The
-default, :class:`LocalBackend`, carries nothing: one process is the whole chat. The Redis
-backend (``chat/cluster.py``) publishes every local event and calls :meth:`Hub.apply` with
-the events of other nodes; their users appear here as :class:`RemoteMember` s, so ``/who``,
-``/rooms`` and private messages work across nodes while local delivery never waits on the
-network. Nothing above the hub knows which backend runs.
+A :class:`Backend` carries what happens here to other server processes. The default,
+:class:`LocalBackend`, carries nothing: one process is the whole chat. The cluster
+(``chat/cluster/``) publishes every local event and calls :meth:`Hub.relay` with the events
+of other nodes; the hub knows another node's users only as names in its rooms
+(``Room.remote``), and asks the backend to :meth:`~Backend.locate` one by nickname.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from chat.codecs import Codec
+from chat.commands import (
+    JoinCommand,
+    MeCommand,
+    MsgCommand,
+    NickCommand,
+    PartCommand,
+    Request,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    WhoCommand,
+)
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
     LOBBY,
     TOPIC_MAX,
     Action,
-    Dialect,
     Event,
     Join,
     Message,
@@ -46,7 +60,6 @@ from chat.protocol import (
     Who,
     nick_key,
     nick_skeleton,
-    render,
     room_key,
     validate_nick,
     validate_room,
@@ -59,8 +72,8 @@ __all__ = [
     "Hub",
     "LocalBackend",
     "Member",
+    "Outbox",
     "Peer",
-    "RemoteMember",
     "Room",
 ]
 
@@ -72,7 +85,7 @@ class Peer(Protocol):
     """What the hub needs from a connection."""
 
     @property
-    def dialect(self) -> Dialect: ...
+    def codec(self) -> Codec: ...
 
     def push(self, data: bytes) -> None:
         """Queue bytes for the client; must not block, may drop a client that is too slow."""
@@ -92,25 +105,105 @@ class Member:
 
 
 @dataclass(eq=False, slots=True)
-class RemoteMember:
-    """A user connected to another node of the cluster, as this node knows them."""
-
-    nick: str
-    node: str
-    rooms: dict[str, Room] = field(default_factory=dict)
-
-
-@dataclass(eq=False, slots=True)
 class Room:
     name: str
     history: deque[Message | Action]
     topic: str = ""
     members: dict[Member, None] = field(default_factory=dict)  # local, an ordered set
-    remote: dict[RemoteMember, None] = field(default_factory=dict)  # on other nodes
+    remote: dict[str, str] = field(default_factory=dict)  # on other nodes: nick key -> nick
 
     @property
     def population(self) -> int:
         return len(self.members) + len(self.remote)
+
+
+# --- the one delivery path ---------------------------------------------------------------
+
+
+class Outbox:
+    """Every event on its way to a peer, in the order the hub produced them.
+
+    Three kinds of entry share one list: bytes already rendered for one peer (answers,
+    errors, notices), an event posted to a room (rendered at flush time, once per codec key,
+    consecutive events of one room batched into one push per member), and an action to run
+    in its place (a session closing after its ``bye``). The list is flushed once per
+    event-loop iteration, or earlier by :meth:`flush`.
+    """
+
+    __slots__ = ("_pending", "_scheduled")
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Peer, bytes] | tuple[Room, Event] | Callable[[], None]] = []
+        self._scheduled = False
+
+    def send(self, peer: Peer, event: Event) -> None:
+        """One event for one peer, rendered now in the peer's current codec."""
+        self._add((peer, peer.codec.encode(event)))
+
+    def post(self, room: Room, event: Event) -> None:
+        """An event for every local member of ``room``."""
+        self._add((room, event))
+
+    def deliver(self, members: Iterable[Member], event: Event) -> None:
+        """An event for each of ``members``: rendered once per codec key, in place."""
+        rendered: dict[object, bytes] = {}
+        for member in members:
+            peer = member.peer
+            codec = peer.codec
+            data = rendered.get(codec.key)
+            if data is None:
+                data = rendered[codec.key] = codec.encode(event)
+            self._add((peer, data))
+
+    def then(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once everything queued before it has been pushed."""
+        self._add(action)
+
+    def _add(self, entry: tuple[Peer, bytes] | tuple[Room, Event] | Callable[[], None]) -> None:
+        self._pending.append(entry)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Push everything pending, in order. Cheap when there is nothing."""
+        self._scheduled = False
+        while self._pending:
+            pending, self._pending = self._pending, []
+            start = 0
+            while start < len(pending):
+                entry = pending[start]
+                start += 1
+                if callable(entry):
+                    entry()
+                elif isinstance(entry[0], Room):
+                    room = entry[0]
+                    events = [entry[1]]
+                    while start < len(pending):  # one batch per run of one room's events
+                        following = pending[start]
+                        if callable(following) or following[0] is not room:
+                            break
+                        events.append(following[1])
+                        start += 1
+                    _fan_out(room.members, events)
+                else:
+                    peer, data = entry
+                    peer.push(data)
+
+
+def _fan_out(members: Iterable[Member], events: list[Event]) -> None:
+    """Render ``events`` once per codec key and push the same bytes to every member."""
+    rendered: dict[object, bytes] = {}
+    for member in members:
+        peer = member.peer
+        codec = peer.codec
+        data = rendered.get(codec.key)
+        if data is None:
+            data = rendered[codec.key] = b"".join(codec.encode(event) for event in events)
+        peer.push(data)
+
+
+# --- the cluster seam --------------------------------------------------------------------
 
 
 class Backend(Protocol):
@@ -129,8 +222,12 @@ class Backend(Protocol):
     def publish(self, event: Event) -> None:
         """Make a local room or user event known to the other nodes (queued, never awaited)."""
 
-    def send_private(self, node: str, event: Private) -> None:
-        """Deliver a private message to a user on ``node``."""
+    async def locate(self, nick: str) -> str | None:
+        """The registered nickname of ``nick`` if they are connected to another node."""
+
+    def send_private(self, event: Private) -> None:
+        """Deliver a private message to ``event.target``, a user on another node, or raise
+        :class:`ProtocolError` (``cluster_down``) when that cannot be done now."""
 
     def forget_room(self, name: str) -> None:
         """The last member left ``name``: its history and topic may go."""
@@ -150,40 +247,19 @@ class LocalBackend:
     def publish(self, event: Event) -> None:
         return None
 
-    def send_private(self, node: str, event: Private) -> None:
+    async def locate(self, nick: str) -> str | None:
+        return None
+
+    def send_private(self, event: Private) -> None:
         raise AssertionError("a single process has no other node")
 
     def forget_room(self, name: str) -> None:
         return None
 
 
-def send(member: Member, event: Event) -> None:
-    """Deliver one event to one member."""
-    member.peer.push(render(event, member.peer.dialect))
-
-
-def deliver(recipients: Iterable[Member], event: Event) -> None:
-    """Render ``event`` once per dialect and push the same bytes to every recipient."""
-    rendered: dict[Dialect, bytes] = {}
-    for member in recipients:
-        peer = member.peer
-        dialect = peer.dialect
-        data = rendered.get(dialect)
-        if data is None:
-            data = rendered[dialect] = render(event, dialect)
-        peer.push(data)
-
-
-def deliver_batch(recipients: Iterable[Member], events: list[Event]) -> None:
-    """Like :func:`deliver` for several events: one render each, one push per recipient."""
-    rendered: dict[Dialect, bytes] = {}
-    for member in recipients:
-        peer = member.peer
-        dialect = peer.dialect
-        data = rendered.get(dialect)
-        if data is None:
-            data = rendered[dialect] = b"".join(render(event, dialect) for event in events)
-        peer.push(data)
+def _answer(event: Event, request: str | None) -> Event:
+    """``event`` as the answer to request ``request`` (protocol.md, "Request ids")."""
+    return event if request is None else replace(event, re=request)
 
 
 class Hub:
@@ -199,26 +275,56 @@ class Hub:
     ) -> None:
         self.lock = asyncio.Lock()
         self.backend: Backend = backend or LocalBackend()
-        self._pending: list[tuple[Room, Event]] = []
-        self._flush_scheduled = False
+        self.outbox = Outbox()
         self.history_length = history
         self.max_rooms = max_rooms
         # Rooms larger than this stop announcing joins, parts and quits and list their
         # members only on /who: otherwise filling a room costs O(members^2) lines.
         self.announce_limit = announce_limit
-        self._by_key: dict[str, Member | RemoteMember] = {}
-        self._by_skeleton: dict[str, Member | RemoteMember] = {}
+        self._by_key: dict[str, Member] = {}
+        self._by_skeleton: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         self._room(LOBBY)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def execute(self, member: Member, request: Request) -> None:
+        """Carry out one registered member's command; refusals raise ProtocolError."""
+        re = request.id
+        match request.command:
+            case SayCommand(text=text, room=room):
+                self.say(member, room, text)
+            case MeCommand(text=text, room=room):
+                self.act(member, room, text)
+            case MsgCommand(nick=nick, text=text):
+                await self.private(member, nick, text, re)
+            case JoinCommand(room=room):
+                self.join(member, room, re)
+            case PartCommand(room=room, reason=reason):
+                self.part(member, room, reason, re)
+            case RoomsCommand():
+                self.rooms(member, re)
+            case WhoCommand(room=room):
+                self.who(member, room, re)
+            case TopicCommand(room=room, text=text):
+                self.topic(member, room, text, re)
+            case NickCommand(nick=nick):
+                await self.rename(member, nick, re)
+            case other:
+                raise AssertionError(f"not a hub command: {other!r}")
+
+    def tell(self, member: Member, event: Event, request: str | None = None) -> None:
+        """Send one event to one member, as the answer to ``request`` if given."""
+        self.outbox.send(member.peer, _answer(event, request))
 
     # --- the registry ---------------------------------------------------------------------
 
     @property
     def members(self) -> list[Member]:
         """The users connected to this process."""
-        return [m for m in self._by_key.values() if isinstance(m, Member)]
+        return list(self._by_key.values())
 
-    def find(self, nick: str) -> Member | RemoteMember | None:
+    def find(self, nick: str) -> Member | None:
         return self._by_key.get(nick_key(nick))
 
     def _check_available(self, nick: str, owner: Member | None = None) -> None:
@@ -235,9 +341,8 @@ class Hub:
                 "choose another.",
             )
 
-    async def register(self, peer: Peer, raw_nick: str) -> Member:
+    async def register(self, peer: Peer, raw_nick: str, request: str | None = None) -> Member:
         """Claim a nickname for ``peer``, welcome it and put it in the lobby."""
-        self.flush()
         nick = validate_nick(raw_nick)
         async with self.lock:
             self._check_available(nick)
@@ -245,21 +350,18 @@ class Hub:
             member = Member(nick, peer)
             self._by_key[nick_key(nick)] = member
             self._by_skeleton[nick_skeleton(nick)] = member
-        send(
-            member,
-            Welcome(nick=nick, text=f"Welcome, {nick}! Type /help for the commands."),
-        )
+        welcome = Welcome(nick=nick, text=f"Welcome, {nick}! Type /help for the commands.")
+        self.tell(member, welcome, request)
         self.join(member, LOBBY)
         return member
 
-    async def rename(self, member: Member, raw_nick: str) -> None:
-        self.flush()
+    async def rename(self, member: Member, raw_nick: str, request: str | None = None) -> None:
         nick = validate_nick(raw_nick)
         async with self.lock:
             self._check_available(nick, owner=member)
             old = member.nick
             if nick == old:
-                send(member, Notice(text=f"You are already called {nick}."))
+                self.tell(member, Notice(text=f"You are already called {nick}."), request)
                 return
             if nick_key(nick) != nick_key(old):
                 await self.backend.claim(nick)
@@ -270,42 +372,40 @@ class Hub:
             if nick_key(nick) != nick_key(old):
                 await self.backend.release(old)
         event = Nick(nick=old, new_nick=nick)
-        deliver(self._neighbours(member, include_self=True), event)
+        self.outbox.deliver(self._sharing(member.rooms.values(), member), event)
+        self.tell(member, event, request)
         self.backend.publish(event)
 
-    def _unregister(self, member: Member | RemoteMember) -> None:
+    def _unregister(self, member: Member) -> None:
         del self._by_key[nick_key(member.nick)]
         if self._by_skeleton.get(nick_skeleton(member.nick)) is member:
             del self._by_skeleton[nick_skeleton(member.nick)]
 
     async def remove(self, member: Member, reason: str) -> None:
         """Forget a member that disconnected, and tell everyone who shared a room with it."""
-        self.flush()
         async with self.lock:
             if self._by_key.get(nick_key(member.nick)) is not member:
                 return
             self._unregister(member)
             await self.backend.release(member.nick)
-        neighbours = self._neighbours(member, include_self=False, quiet_too=False)
+        neighbours = self._sharing(member.rooms.values(), member, quiet_too=False)
         for room in list(member.rooms.values()):
             self._leave(member, room)
         event = Quit(nick=member.nick, text=reason)
-        deliver(neighbours, event)
+        self.outbox.deliver(neighbours, event)
         self.backend.publish(event)
 
-    def _neighbours(
-        self, member: Member | RemoteMember, *, include_self: bool, quiet_too: bool = True
+    def _sharing(
+        self, rooms: Iterable[Room], without: Member | None, *, quiet_too: bool = True
     ) -> list[Member]:
-        """Everyone who shares a room with ``member``, once each; without the members of
-        rooms too large to announce comings and goings unless ``quiet_too``."""
+        """The local members of ``rooms``, once each, but ``without``; without the members
+        of rooms too large to announce comings and goings unless ``quiet_too``."""
         seen: dict[Member, None] = {}
-        if include_self and isinstance(member, Member):
-            seen[member] = None
-        for room in member.rooms.values():
+        for room in rooms:
             if quiet_too or not self._quiet(room):
                 seen.update(room.members)
-        if not include_self and isinstance(member, Member):
-            seen.pop(member, None)
+        if without is not None:
+            seen.pop(without, None)
         return list(seen)
 
     # --- rooms ----------------------------------------------------------------------------
@@ -339,25 +439,34 @@ class Hub:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"You are not in {name}; /join it first.")
         return room
 
-    def _leave(self, member: Member | RemoteMember, room: Room) -> None:
-        del member.rooms[room_key(room.name)]
-        if isinstance(member, Member):
-            del room.members[member]
-        else:
-            del room.remote[member]
-        if not room.population and room_key(room.name) != LOBBY:
-            del self._rooms[room_key(room.name)]
-            if isinstance(member, Member):
-                self.backend.forget_room(room.name)
+    def _enter(self, member: Member, room: Room) -> None:
+        """Add a member to a room. Events already posted to the room were addressed to
+        its members as they were, so they go out first."""
+        self.outbox.flush()
+        room.members[member] = None
+        member.rooms[room_key(room.name)] = room
 
-    def join(self, member: Member, name: str) -> None:
+    def _leave(self, member: Member, room: Room) -> None:
+        self.outbox.flush()  # as in _enter: what was posted before reaches who was there
+        del member.rooms[room_key(room.name)]
+        del room.members[member]
+        if self._drop_if_empty(room):
+            self.backend.forget_room(room.name)
+
+    def _drop_if_empty(self, room: Room) -> bool:
+        if room.population or room_key(room.name) == LOBBY:
+            return False
+        del self._rooms[room_key(room.name)]
+        return True
+
+    def join(self, member: Member, name: str, request: str | None = None) -> None:
         """Join ``name`` (creating it) and make it active; if already joined, just switch."""
-        self.flush()
         key = room_key(validate_room(name))
         joined = member.rooms.get(key)
         if joined is not None:
             member.active = joined
-            send(member, Notice(room=joined.name, text=f"Now talking in {joined.name}."))
+            notice = Notice(room=joined.name, text=f"Now talking in {joined.name}.")
+            self.tell(member, notice, request)
             return
         if len(member.rooms) >= self.max_rooms:
             raise ProtocolError(
@@ -365,19 +474,17 @@ class Hub:
                 f"You are in {self.max_rooms} rooms already; /part one first.",
             )
         room = self._room(validate_room(name))
-        room.members[member] = None
-        member.rooms[key] = room
+        self._enter(member, room)
         member.active = room
         event = Join(room=room.name, nick=member.nick)
-        if self._quiet(room):
-            send(member, event)
-        else:
-            deliver(room.members, event)
+        if not self._quiet(room):
+            self.outbox.deliver([m for m in room.members if m is not member], event)
+        self.tell(member, event, request)
         self.backend.publish(event)
         if room.topic:
-            send(member, Topic(room=room.name, text=room.topic))
+            self.tell(member, Topic(room=room.name, text=room.topic))
         if self._quiet(room):
-            send(
+            self.tell(
                 member,
                 Notice(
                     room=room.name,
@@ -386,52 +493,49 @@ class Hub:
                 ),
             )
         else:
-            send(member, self._who(room))
+            self.tell(member, self._who(room))
         for past in room.history:
-            send(member, replace(past, history=True))
+            self.tell(member, replace(past, history=True))
 
-    def part(self, member: Member, name: str | None, reason: str) -> None:
-        self.flush()
+    def part(
+        self, member: Member, name: str | None, reason: str, request: str | None = None
+    ) -> None:
         room = self._member_room(member, name)
         event = Part(room=room.name, nick=member.nick, text=reason)
-        if self._quiet(room):
-            send(member, event)
-        else:
-            deliver(room.members, event)
+        if not self._quiet(room):
+            self.outbox.deliver([m for m in room.members if m is not member], event)
+        self.tell(member, event, request)
         self._leave(member, room)
         self.backend.publish(event)
         if member.active is room:
             member.active = next(reversed(member.rooms.values()), None)
             if member.active is None:
-                send(member, Notice(text="You are in no room now; /join #room to talk."))
+                notice = Notice(text="You are in no room now; /join #room to talk.")
             else:
-                send(
-                    member,
-                    Notice(room=member.active.name, text=f"Now talking in {member.active.name}."),
+                notice = Notice(
+                    room=member.active.name, text=f"Now talking in {member.active.name}."
                 )
+            self.tell(member, notice, request)
 
-    def rooms(self, member: Member) -> None:
-        self.flush()
+    def rooms(self, member: Member, request: str | None = None) -> None:
         listing = sorted(self._rooms.values(), key=lambda r: room_key(r.name))
-        send(
-            member,
-            RoomList(rooms=tuple(RoomInfo(r.name, r.population, r.topic) for r in listing)),
-        )
+        answer = RoomList(rooms=tuple(RoomInfo(r.name, r.population, r.topic) for r in listing))
+        self.tell(member, answer, request)
 
     def _who(self, room: Room) -> Who:
-        nicks = sorted([m.nick for m in room.members] + [m.nick for m in room.remote], key=nick_key)
+        nicks = sorted([m.nick for m in room.members] + list(room.remote.values()), key=nick_key)
         return Who(room=room.name, members=tuple(nicks))
 
-    def who(self, member: Member, name: str | None) -> None:
-        self.flush()
+    def who(self, member: Member, name: str | None, request: str | None = None) -> None:
         room = self._member_room(member, None) if name is None else self._existing_room(name)
-        send(member, self._who(room))
+        self.tell(member, self._who(room), request)
 
-    def topic(self, member: Member, name: str | None, text: str | None) -> None:
-        self.flush()
+    def topic(
+        self, member: Member, name: str | None, text: str | None, request: str | None = None
+    ) -> None:
         if text is None:
             room = self._member_room(member, None) if name is None else self._existing_room(name)
-            send(member, Topic(room=room.name, text=room.topic))
+            self.tell(member, Topic(room=room.name, text=room.topic), request)
             return
         room = self._member_room(member, name)
         text = text.strip()
@@ -442,194 +546,117 @@ class Hub:
             )
         room.topic = text
         event = Topic(room=room.name, nick=member.nick, text=text)
-        deliver(room.members, event)
+        self.outbox.deliver([m for m in room.members if m is not member], event)
+        self.tell(member, event, request)
         self.backend.publish(event)
 
     # --- messages -------------------------------------------------------------------------
     #
-    # Room messages are the hot path: they are batched per room and flushed once per event
-    # loop iteration, so a member gets one push with everything said in that iteration
-    # instead of one push per message. Every other entry point (and every direct send by a
-    # session) flushes first, so each recipient still sees events in the order they happened.
-
-    def _post(self, room: Room, event: Event) -> None:
-        self._pending.append((room, event))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Deliver the room messages batched so far, in order. Cheap when there are none."""
-        self._flush_scheduled = False
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        start = 0
-        while start < len(pending):  # one batch per run of consecutive events in one room
-            room = pending[start][0]
-            end = start + 1
-            while end < len(pending) and pending[end][0] is room:
-                end += 1
-            if end - start == 1:
-                deliver(room.members, pending[start][1])
-            else:
-                deliver_batch(room.members, [event for _, event in pending[start:end]])
-            start = end
+    # Room messages are the hot path: posted to the room, they are rendered and pushed once
+    # per event-loop iteration, so a member gets one push with everything said in that
+    # iteration instead of one push per message.
 
     def say(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
-        event = Message(room=room.name, nick=member.nick, text=text)
-        room.history.append(event)
-        self._post(room, event)
-        self.backend.publish(event)
+        self._said(room, Message(room=room.name, nick=member.nick, text=text))
 
     def act(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
-        event = Action(room=room.name, nick=member.nick, text=text)
+        self._said(room, Action(room=room.name, nick=member.nick, text=text))
+
+    def _said(self, room: Room, event: Message | Action) -> None:
         room.history.append(event)
-        self._post(room, event)
+        self.outbox.post(room, event)
         self.backend.publish(event)
 
-    def private(self, member: Member, nick: str, text: str) -> None:
-        self.flush()
+    async def private(
+        self, member: Member, nick: str, text: str, request: str | None = None
+    ) -> None:
         target = self.find(nick)
-        if target is None:
-            raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
-        event = Private(nick=member.nick, target=target.nick, text=text)
-        if isinstance(target, RemoteMember):
-            if not self.backend.linked:
-                raise ProtocolError(
-                    ErrorCode.CLUSTER_DOWN,
-                    f"{target.nick} is on another server, which cannot be reached right now.",
-                )
-            self.backend.send_private(target.node, event)
+        if target is not None:
+            event = Private(nick=member.nick, target=target.nick, text=text)
+            if target is member:
+                self.tell(member, event, request)
+                return
+            self.tell(target, event)
         else:
-            send(target, event)
-        if target is not member:
-            send(member, replace(event, echo=True))
+            remote = await self.backend.locate(nick)
+            if remote is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
+            event = Private(nick=member.nick, target=remote, text=text)
+            self.backend.send_private(event)
+        self.tell(member, replace(event, echo=True), request)
 
     # --- events from other nodes ----------------------------------------------------------
     #
-    # The cluster backend calls these with what happened elsewhere. They update this node's
-    # view of remote users and rooms, and deliver to local members only: the node where an
-    # event happened has already delivered it to its own users.
+    # The cluster calls these with what happened elsewhere. They update this node's rooms
+    # and deliver to local members only: the node where an event happened has already
+    # delivered it to its own users.
 
-    def apply(self, node: str, event: Event) -> None:
-        """Apply one event that happened on ``node``."""
+    def relay(self, event: Event, rooms: Iterable[str] = ()) -> None:
+        """Apply one event that happened on another node.
+
+        ``rooms`` names the rooms a quitting or renamed remote user was in (the cluster
+        keeps track of that); every other event names its own room or target.
+        """
         match event:
             case Message(room=str(name)) | Action(room=str(name)):
                 said_in = self._rooms.get(room_key(name))
                 if said_in is not None:  # the sender's join always arrives first
                     said_in.history.append(event)
-                    self._post(said_in, event)
+                    self.outbox.post(said_in, event)
             case Join(room=str(name), nick=str(nick)):
-                self.flush()
-                remote = self._remote(node, nick)
-                if remote is None or room_key(name) in remote.rooms:
-                    return
                 room = self._room(name)
-                room.remote[remote] = None
-                remote.rooms[room_key(name)] = room
+                if nick_key(nick) in room.remote:
+                    return
+                self.outbox.flush()  # the room's population changes: see _enter
+                room.remote[nick_key(nick)] = nick
                 if not self._quiet(room):
-                    deliver(room.members, event)
+                    self.outbox.deliver(room.members, event)
             case Part(room=str(name), nick=str(nick)):
-                self.flush()
-                remote = self._remote(node, nick, create=False)
-                left = remote.rooms.get(room_key(name)) if remote is not None else None
-                if remote is None or left is None:
+                left = self._rooms.get(room_key(name))
+                if left is None or nick_key(nick) not in left.remote:
                     return
                 if not self._quiet(left):
-                    deliver(left.members, event)
-                self._leave(remote, left)
+                    self.outbox.deliver(left.members, event)
+                self.outbox.flush()
+                del left.remote[nick_key(nick)]
+                self._drop_if_empty(left)
             case Quit(nick=str(nick)):
-                self.flush()
-                remote = self._remote(node, nick, create=False)
-                if remote is not None:
-                    self._drop_remote(remote, event)
+                known = [r for r in self._known(rooms) if nick_key(nick) in r.remote]
+                self.outbox.deliver(self._sharing(known, None, quiet_too=False), event)
+                self.outbox.flush()
+                for room in known:
+                    del room.remote[nick_key(nick)]
+                    self._drop_if_empty(room)
             case Nick(nick=str(old), new_nick=new):
-                self.flush()
-                remote = self._remote(node, old, create=False)
-                if remote is None or self._by_key.get(nick_key(new)) not in (None, remote):
-                    return
-                self._unregister(remote)
-                remote.nick = new
-                self._by_key[nick_key(new)] = remote
-                self._by_skeleton.setdefault(nick_skeleton(new), remote)
-                deliver(self._neighbours(remote, include_self=False), event)
+                known = [r for r in self._known(rooms) if nick_key(old) in r.remote]
+                for room in known:
+                    del room.remote[nick_key(old)]
+                    room.remote[nick_key(new)] = new
+                self.outbox.deliver(self._sharing(known, None), event)
             case Topic(room=str(name)):
-                self.flush()
                 titled = self._rooms.get(room_key(name))
                 if titled is not None:
                     titled.topic = event.text
-                    deliver(titled.members, event)
+                    self.outbox.deliver(titled.members, event)
             case Private(target=target):
-                self.flush()
                 member = self._by_key.get(nick_key(target))
-                if isinstance(member, Member):
-                    send(member, event)
+                if member is not None:
+                    self.tell(member, event)
 
-    def _remote(self, node: str, nick: str, *, create: bool = True) -> RemoteMember | None:
-        """The remote user ``nick`` on ``node``; None if that name belongs to someone else."""
-        known = self._by_key.get(nick_key(nick))
-        if isinstance(known, RemoteMember) and known.node == node:
-            return known
-        if known is not None or not create:
-            return None  # a local user holds it: the cluster's claim makes this a stale event
-        remote = RemoteMember(nick, node)
-        self._by_key[nick_key(nick)] = remote
-        self._by_skeleton.setdefault(nick_skeleton(nick), remote)
-        return remote
-
-    def _drop_remote(self, remote: RemoteMember, quit_event: Quit) -> None:
-        neighbours = self._neighbours(remote, include_self=False, quiet_too=False)
-        for room in list(remote.rooms.values()):
-            self._leave(remote, room)
-        self._unregister(remote)
-        deliver(neighbours, quit_event)
+    def _known(self, names: Iterable[str]) -> list[Room]:
+        return [room for name in names if (room := self._rooms.get(room_key(name)))]
 
     def notice_all(self, text: str) -> None:
         """Tell every local user something about the server itself."""
-        self.flush()
-        deliver(self.members, Notice(text=text))
-
-    def remote_nodes(self) -> set[str]:
-        return {m.node for m in self._by_key.values() if isinstance(m, RemoteMember)}
-
-    def forget_node(self, node: str, reason: str) -> None:
-        """``node`` is gone: its users quit, as far as this node's users can tell."""
-        self.flush()
-        for remote in [m for m in self._by_key.values() if isinstance(m, RemoteMember)]:
-            if remote.node == node:
-                self._drop_remote(remote, Quit(nick=remote.nick, text=reason))
-
-    def sync_node(self, node: str, roster: dict[str, list[str]]) -> None:
-        """Make this node's view of ``node`` equal ``roster`` (nick -> rooms), with events."""
-        self.flush()
-        current = {
-            nick_key(m.nick): m
-            for m in self._by_key.values()
-            if isinstance(m, RemoteMember) and m.node == node
-        }
-        wanted = {nick_key(nick): nick for nick in roster}
-        for key, remote in current.items():
-            if key not in wanted:
-                self._drop_remote(remote, Quit(nick=remote.nick, text="Left while out of reach"))
-        for nick, rooms in roster.items():
-            user = self._remote(node, nick)
-            if user is None:
-                continue
-            names = {room_key(r): r for r in rooms}
-            for key, room in list(user.rooms.items()):
-                if key not in names:
-                    self.apply(node, Part(room=room.name, nick=user.nick))
-            for name in names.values():
-                self.apply(node, Join(room=name, nick=user.nick))
+        self.outbox.deliver(self.members, Notice(text=text))
 
     def room_names(self) -> list[str]:
         return [room.name for room in self._rooms.values()]
 
     def seed_room(self, name: str, topic: str, history: Iterable[Message | Action]) -> None:
-        """Fill a known room's topic and history from the cluster's store (at start-up)."""
+        """Fill a known room's topic and history from a store (at start-up)."""
         room = self._rooms.get(room_key(name))
         if room is None:
             return

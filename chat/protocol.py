@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Final
 from chat.errors import ErrorCode, ProtocolError
 
 __all__ = [
-    "COMMANDS",
     "NICK_MAX",
     "PROTOCOL_VERSION",
     "REASON_MAX",
@@ -39,49 +38,30 @@ __all__ = [
     "TOPIC_MAX",
     "Action",
     "Bye",
-    "Command",
     "Dialect",
     "Error",
     "Event",
     "FrameError",
     "Hello",
-    "HelloCommand",
-    "HelpCommand",
     "Join",
-    "JoinCommand",
     "LineFramer",
-    "MeCommand",
     "Message",
-    "MsgCommand",
     "Nick",
-    "NickCommand",
     "Notice",
     "Part",
-    "PartCommand",
     "Ping",
-    "PingCommand",
     "Pong",
-    "PongCommand",
     "Private",
     "Quit",
-    "QuitCommand",
     "RoomInfo",
     "RoomList",
-    "RoomsCommand",
-    "SayCommand",
     "Topic",
-    "TopicCommand",
     "Welcome",
     "Who",
-    "WhoCommand",
     "decode_line",
-    "help_text",
     "nick_key",
     "nick_skeleton",
     "parse_event",
-    "parse_json_command",
-    "parse_registration_line",
-    "parse_text_command",
     "render",
     "room_key",
     "sanitize",
@@ -348,300 +328,6 @@ def validate_room(raw: str) -> str:
     return name
 
 
-def _reason(text: str) -> str:
-    """Part and quit reasons are informational, so an overlong one is cut, not refused."""
-    return text.strip()[:REASON_MAX]
-
-
-# --- commands (client to server) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HelloCommand:
-    """Switch this connection to the JSON dialect, optionally registering at once."""
-
-    nick: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NickCommand:
-    nick: str
-
-
-@dataclass(frozen=True, slots=True)
-class SayCommand:
-    text: str
-    room: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MeCommand:
-    text: str
-    room: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MsgCommand:
-    nick: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class JoinCommand:
-    room: str
-
-
-@dataclass(frozen=True, slots=True)
-class PartCommand:
-    room: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RoomsCommand:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class WhoCommand:
-    room: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TopicCommand:
-    room: str | None = None
-    text: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QuitCommand:
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class HelpCommand:
-    command: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PingCommand:
-    token: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PongCommand:
-    token: str = ""
-
-
-Command = (
-    HelloCommand
-    | NickCommand
-    | SayCommand
-    | MeCommand
-    | MsgCommand
-    | JoinCommand
-    | PartCommand
-    | RoomsCommand
-    | WhoCommand
-    | TopicCommand
-    | QuitCommand
-    | HelpCommand
-    | PingCommand
-    | PongCommand
-)
-
-# name -> (usage, what it does). Drives /help and the usage shown on bad arguments.
-COMMANDS: Final[dict[str, tuple[str, str]]] = {
-    "join": ("/join #room", "Join a room (created on first use) and make it your active room."),
-    "part": ("/part [#room] [reason]", "Leave a room; your active room if none is named."),
-    "rooms": ("/rooms", "List the rooms with their member counts and topics."),
-    "who": ("/who [#room]", "List the members of a room; your active room if none is named."),
-    "topic": ("/topic [#room] [text]", "Show a room's topic, or set it when text is given."),
-    "me": ("/me action", "Describe what you do: '/me waves' shows '* alice waves'."),
-    "msg": ("/msg nick text", "Send a private message that only nick sees."),
-    "nick": ("/nick newnick", "Change your nickname; your rooms see the change."),
-    "quit": ("/quit [reason]", "Leave the chat; your rooms see the reason."),
-    "help": ("/help [command]", "List the commands, or explain one."),
-    "ping": ("/ping [token]", "Ask the server for a pong, to check the connection."),
-}
-_ALIASES: Final = {"list": "rooms", "names": "who", "j": "join", "query": "msg"}
-
-
-def help_text(command: str | None) -> str:
-    """What ``/help`` answers: every command, or one command's usage."""
-    if command is None:
-        width = max(len(usage) for usage, _ in COMMANDS.values())
-        lines = ["Commands (a line not starting with / is said in your active room):"]
-        lines += [f"  {usage:<{width}}  {what}" for usage, what in COMMANDS.values()]
-        lines.append("Start a line with // to say something that begins with /.")
-        return "\n".join(lines)
-    name = _ALIASES.get(command, command)
-    if name not in COMMANDS:
-        raise ProtocolError(
-            ErrorCode.UNKNOWN_COMMAND, f"No command /{command[:32]}; type /help for the list."
-        )
-    usage, what = COMMANDS[name]
-    return f"{usage}: {what}"
-
-
-def _usage_error(name: str) -> ProtocolError:
-    return ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Usage: {COMMANDS[name][0]}")
-
-
-def _split_room(args: str) -> tuple[str | None, str]:
-    """Split an optional leading '#room' from the rest of the arguments."""
-    if args.startswith("#"):
-        room, _, rest = args.partition(" ")
-        return validate_room(room), rest.strip()
-    return None, args
-
-
-def parse_text_command(line: str) -> Command | None:
-    """Parse one sanitised text-dialect line; ``None`` for a line to ignore."""
-    if not line.strip():
-        return None
-    if not line.startswith("/"):
-        return SayCommand(line)
-    if line.startswith("//"):
-        return SayCommand(line[1:])
-    word, _, rest = line[1:].partition(" ")
-    name = _ALIASES.get(word.lower(), word.lower())
-    args = rest.strip()
-    match name:
-        case "join":
-            if not args or " " in args:
-                raise _usage_error(name)
-            return JoinCommand(validate_room(args))
-        case "part":
-            room, reason = _split_room(args)
-            return PartCommand(room, _reason(reason))
-        case "rooms":
-            return RoomsCommand()
-        case "who":
-            if " " in args:
-                raise _usage_error(name)
-            return WhoCommand(validate_room(args) if args else None)
-        case "topic":
-            room, text = _split_room(args)
-            return TopicCommand(room, text or None)
-        case "me":
-            if not args:
-                raise _usage_error(name)
-            return MeCommand(args)
-        case "msg":
-            nick, _, text = args.partition(" ")
-            if not nick or not text.strip():
-                raise _usage_error(name)
-            return MsgCommand(nick, text.strip())
-        case "nick":
-            if not args or " " in args:
-                raise _usage_error(name)
-            return NickCommand(args)
-        case "quit":
-            return QuitCommand(_reason(args))
-        case "help":
-            return HelpCommand(args.lstrip("/").lower() or None)
-        case "ping":
-            return PingCommand(args)
-    shown = word if len(word) <= 32 else word[:32] + "..."
-    raise ProtocolError(
-        ErrorCode.UNKNOWN_COMMAND, f"Unknown command /{shown}; type /help for the list."
-    )
-
-
-_BEFORE_REGISTRATION: Final = (NickCommand, QuitCommand, HelpCommand, PingCommand, PongCommand)
-
-
-def parse_registration_line(line: str) -> Command | None:
-    """Before registration the first line is a nickname; a few commands work too."""
-    stripped = line.strip()
-    if not stripped:
-        return None
-    if not stripped.startswith("/"):
-        return NickCommand(stripped)
-    command = parse_text_command(stripped)
-    if not isinstance(command, _BEFORE_REGISTRATION):
-        raise ProtocolError(
-            ErrorCode.NOT_REGISTERED, "Choose a nickname first: type it and press Enter."
-        )
-    return command
-
-
-def _field(obj: dict[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Field {key!r} is required.")
-        return None
-    if not isinstance(value, str):
-        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Field {key!r} must be a string.")
-    return sanitize(value)
-
-
-def _required(obj: dict[str, Any], key: str) -> str:
-    value = _field(obj, key, required=True)
-    assert value is not None
-    return value
-
-
-def _optional_room(obj: dict[str, Any]) -> str | None:
-    room = _field(obj, "room")
-    return validate_room(room) if room else None
-
-
-def parse_json_command(line: str) -> Command | None:
-    """Parse one JSON-dialect line (a JSON object with a ``type``); ``None`` for a blank line."""
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_JSON, "Line is not valid JSON.") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(ErrorCode.BAD_JSON, "Each line must be a JSON object.")
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError(ErrorCode.BAD_JSON, "A JSON command needs a string field 'type'.")
-    match kind:
-        case "hello":
-            return HelloCommand(_field(obj, "nick"))
-        case "nick":
-            return NickCommand(_required(obj, "nick"))
-        case "say":
-            text = _required(obj, "text")
-            return SayCommand(text, _optional_room(obj)) if text.strip() else None
-        case "me":
-            text = _required(obj, "text")
-            return MeCommand(text, _optional_room(obj)) if text.strip() else None
-        case "msg":
-            text = _required(obj, "text")
-            if not text.strip():
-                raise ProtocolError(ErrorCode.BAD_ARGUMENTS, "A private message needs text.")
-            return MsgCommand(_required(obj, "nick"), text)
-        case "join":
-            return JoinCommand(validate_room(_required(obj, "room")))
-        case "part":
-            return PartCommand(_optional_room(obj), _reason(_field(obj, "reason") or ""))
-        case "rooms":
-            return RoomsCommand()
-        case "who":
-            return WhoCommand(_optional_room(obj))
-        case "topic":
-            return TopicCommand(_optional_room(obj), _field(obj, "text"))
-        case "quit":
-            return QuitCommand(_reason(_field(obj, "reason") or ""))
-        case "help":
-            return HelpCommand((_field(obj, "command") or "").lstrip("/").lower() or None)
-        case "ping":
-            return PingCommand(_field(obj, "token") or "")
-        case "pong":
-            return PongCommand(_field(obj, "token") or "")
-    shown = kind if len(kind) <= 32 else kind[:32] + "..."
-    raise ProtocolError(
-        ErrorCode.UNKNOWN_COMMAND, f"Unknown command type {shown!r}; see protocol.md."
-    )
-
-
 # --- events (server to client) ------------------------------------------------------------
 
 # Ids are unique per process; the random prefix keeps them unique across restarts and nodes.
@@ -655,7 +341,11 @@ def new_event_id() -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Something the server tells a client. Every event has these five fields and a type."""
+    """Something the server tells a client. Every event has these five fields and a type.
+
+    ``re`` is set only on an answer: the id of the request it answers (protocol.md,
+    "Request ids"); it is left out of the JSON of every other event.
+    """
 
     type: ClassVar[str] = "event"
     id: str = field(default_factory=new_event_id)
@@ -663,6 +353,7 @@ class Event:
     room: str | None = None
     nick: str | None = None
     text: str = ""
+    re: str | None = None
 
     def as_text(self) -> str:
         """The event as human-readable text (without the final line ending)."""
@@ -673,6 +364,8 @@ class Event:
         data: dict[str, Any] = {"type": self.type}
         for f in _fields_of(type(self)):
             data[f] = getattr(self, f)
+        if self.re is None:
+            del data["re"]
         return data
 
 
@@ -868,10 +561,12 @@ class Notice(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Error(Event):
-    """A command was refused; ``code`` is stable, ``text`` is for people."""
+    """A command was refused; ``code`` is stable, ``text`` is for people, ``command`` names
+    the command refused (null when the line was not a command at all)."""
 
     type: ClassVar[str] = "error"
     code: str = ""
+    command: str | None = None
 
     def as_text(self) -> str:
         return f"!!! {self.text}"

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from chat.codecs import JSON, TEXT
 from chat.errors import ErrorCode
 from chat.hub import DEFAULT_ANNOUNCE_LIMIT, DEFAULT_MAX_ROOMS, Backend, Hub
-from chat.protocol import Bye, Dialect, render
+from chat.protocol import Bye
 from chat.session import Limits, Session
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ log = logging.getLogger("chat.server")
 # asyncio's default (100) drops SYNs under a burst of connects, which then retry after a
 # full second; the kernel caps this at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 4096
+# A refused connection waits this long for the client's first line, so a program that opens
+# with a JSON hello is refused in JSON, which it can parse; people get the text line.
+REFUSAL_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +190,7 @@ class ChatServer:
         ip = peer[0] if isinstance(peer, tuple) else str(peer)
         refusal = self._refusal(ip)
         if refusal is not None:
-            await self._refuse(writer, ip, *refusal)
+            await self._refuse(reader, writer, ip, *refusal)
             return
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -205,10 +209,22 @@ class ChatServer:
                 del self._per_ip[ip]
 
     async def _refuse(
-        self, writer: asyncio.StreamWriter, ip: str, code: ErrorCode, text: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str,
+        code: ErrorCode,
+        text: str,
     ) -> None:
         log.info("refused peer=%s reason=%s", ip, code)
-        writer.write(render(Bye(code=code, text=text), Dialect.TEXT))
+        first = b""
+        try:
+            async with asyncio.timeout(REFUSAL_WAIT):
+                first = await reader.read(64)
+        except (TimeoutError, OSError):
+            pass
+        codec = JSON if first.lstrip().startswith(b"{") else TEXT
+        writer.write(codec.encode(Bye(code=code, text=text)))
         writer.close()
         try:
             async with asyncio.timeout(1.0):

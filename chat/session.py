@@ -27,40 +27,29 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final, cast
 
+from chat.codecs import JSON, TEXT, Codec, decoder_for
+from chat.commands import (
+    HelloCommand,
+    HelpCommand,
+    NickCommand,
+    PingCommand,
+    PongCommand,
+    QuitCommand,
+    Request,
+    help_text,
+)
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
 from chat.protocol import (
     Bye,
-    Command,
-    Dialect,
     Error,
     Event,
     FrameError,
     Hello,
-    HelloCommand,
-    HelpCommand,
-    JoinCommand,
     LineFramer,
-    MeCommand,
-    MsgCommand,
-    NickCommand,
     Notice,
-    PartCommand,
     Ping,
-    PingCommand,
     Pong,
-    PongCommand,
-    QuitCommand,
-    RoomsCommand,
-    SayCommand,
-    TopicCommand,
-    WhoCommand,
-    decode_line,
-    help_text,
-    parse_json_command,
-    parse_registration_line,
-    parse_text_command,
-    render,
     sniff_foreign,
 )
 
@@ -137,7 +126,7 @@ class Session:
 
     __slots__ = (
         "_closing",
-        "_dialect",
+        "_ending",
         "_failed_registrations",
         "_flood",
         "_framer",
@@ -147,11 +136,13 @@ class Session:
         "_queued_bytes",
         "_reader",
         "_started",
+        "_stopped",
         "_tasks",
         "_transport",
         "_writer",
         "_writer_task",
         "close_reason",
+        "codec",
         "hub",
         "id",
         "limits",
@@ -173,7 +164,7 @@ class Session:
         self.close_reason = ""
         peer = writer.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._dialect = Dialect.TEXT
+        self.codec: Codec = TEXT
         self._reader = reader
         self._writer = writer
         # A stream's transport reads too; the StreamWriter only types it as a WriteTransport.
@@ -182,7 +173,9 @@ class Session:
         self._flood = FloodGate(limits.rate, limits.burst)
         self._queue: asyncio.Queue[bytes | None] | None = None  # made when first needed
         self._queued_bytes = 0
-        self._closing = False
+        self._closing = False  # no more output is accepted
+        self._ending = False  # no more input is read: the session is on its way out
+        self._stopped = asyncio.Event()
         self._queue_ended = False
         self._tasks: asyncio.TaskGroup | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -191,10 +184,6 @@ class Session:
         self._started = asyncio.get_running_loop().time()
 
     # --- the Peer interface the hub uses -----------------------------------------------------
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._dialect
 
     def push(self, data: bytes) -> None:
         """Send bytes without ever blocking; overflow disconnects this client.
@@ -227,9 +216,9 @@ class Session:
         return self._queue
 
     def send(self, event: Event) -> None:
-        """Send an event of this session's own (a reply, an error, a bye) in its place."""
-        self.hub.flush()
-        self.push(render(event, self._dialect))
+        """Send an event of this session's own (a reply, an error, a bye) through the hub's
+        outbox, so it reaches the client in its place among everything else."""
+        self.hub.outbox.send(self, event)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -243,7 +232,8 @@ class Session:
                     await self._read_loop()
                 finally:
                     await self._leave_hub()
-                    self._stop("Connection closed", flush=True)
+                    # After everything the outbox holds for us, the quit notices included.
+                    self.hub.outbox.then(lambda: self._stop("Connection closed", flush=True))
                     await self._flush()
         except* Exception as group:
             # _read_loop and _write_loop handle every error a peer can cause; what reaches
@@ -261,12 +251,18 @@ class Session:
                 asyncio.get_running_loop().time() - self._started,
             )
 
-    def close(self, code: ErrorCode, text: str) -> None:
-        """Say goodbye with a reason, flush what is queued (bounded in time), disconnect."""
-        if self._closing:
+    def close(self, code: ErrorCode, text: str, request: str | None = None) -> None:
+        """Say goodbye with a reason, flush what is queued (bounded in time), disconnect.
+
+        Input stops at once; output stops right after the ``bye``, in its place in the
+        outbox, so whatever was sent before it still arrives first.
+        """
+        if self._ending:
             return
-        self.send(Bye(code=code, text=text))
-        self._stop(text, flush=True)
+        self._ending = True
+        self.close_reason = self.close_reason or text
+        self.send(Bye(code=code, text=text, re=request))
+        self.hub.outbox.then(lambda: self._stop(text, flush=True))
 
     def abort(self) -> None:
         """Drop the connection now, without flushing (second shutdown signal)."""
@@ -279,7 +275,7 @@ class Session:
         self._stop(text, flush=False)
         if not self._transport.is_closing():
             bye = Bye(code=ErrorCode.SEND_QUEUE_FULL, text=text)
-            self._transport.write(render(bye, self._dialect))
+            self._transport.write(self.codec.encode(bye))
         if self._writer_task is not None:
             self._writer_task.cancel()  # it may be stuck in drain() on this very client
         log.warning("slow reader conn=%d peer=%s dropped", self.id, self.peer_address)
@@ -291,7 +287,8 @@ class Session:
     def _stop(self, reason: str, *, flush: bool) -> None:
         """Accept no more output, end the writer's queue, make the reader see EOF. Idempotent."""
         self.close_reason = self.close_reason or reason
-        self._closing = True
+        self._closing = self._ending = True
+        self._stopped.set()
         queue = self._queue
         if queue is not None:
             if not flush or queue.full():
@@ -309,6 +306,7 @@ class Session:
 
     async def _flush(self) -> None:
         """Give the writer a bounded time to send what is queued; a stuck peer gets no more."""
+        await self._stopped.wait()  # the outbox runs our _stop in its turn, this iteration
         if self._writer_task is not None:
             await asyncio.wait({self._writer_task}, timeout=CLOSE_GRACE)
             self._writer_task.cancel()
@@ -374,7 +372,7 @@ class Session:
                 if self.member is None:
                     async with asyncio.timeout_at(self._started + self.limits.register_timeout):
                         return await self._reader.read(READ_CHUNK)
-                if self._dialect is Dialect.JSON and self.limits.ping_interval > 0:
+                if self.codec is JSON and self.limits.ping_interval > 0:
                     wait = (
                         self.limits.ping_timeout
                         if self._ping_outstanding
@@ -406,7 +404,7 @@ class Session:
 
     async def _read_loop(self) -> None:
         first = True
-        while not self._closing:
+        while not self._ending:
             data = await self._read_chunk()
             if not data:
                 return
@@ -423,7 +421,7 @@ class Session:
                     )
                     return
             for line in self._framer.feed(data):
-                if self._closing:
+                if self._ending:
                     return
                 if line is FrameError.OVERLONG:
                     self.send(
@@ -456,54 +454,77 @@ class Session:
                 )
             )
             return
+        registered = self.member is not None
         try:
-            if self.member is None:
-                await self._register_line(raw)
-            else:
-                line = decode_line(raw)
-                command = (
-                    parse_json_command(line)
-                    if self._dialect is Dialect.JSON
-                    else parse_text_command(line)
-                )
-                await self._execute(self.member, command)
+            request = decoder_for(self.codec, raw, registered=registered).decode(
+                raw, registered=registered
+            )
+            if request is not None:
+                await self._execute(request)
         except ProtocolError as exc:
-            self.send(Error(code=exc.code, text=exc.message))
-            if self.member is None and self._dialect is Dialect.TEXT and not self._closing:
-                self.send(Notice(text=NICK_PROMPT))
+            self._refused(exc)
 
-    async def _register_line(self, raw: bytes) -> None:
-        line = decode_line(raw)
-        command: Command | None
-        if self._dialect is Dialect.JSON or raw.startswith(b"{"):
-            command = parse_json_command(line)
-        else:
-            command = parse_registration_line(line)
-        match command:
-            case None:
+    def _refused(self, exc: ProtocolError) -> None:
+        """Answer a refused line with an error naming the command and request, if known."""
+        self.send(Error(code=exc.code, text=exc.message, command=exc.command, re=exc.request))
+        if self.member is None and self.codec is TEXT and not self._ending:
+            self.send(Notice(text=NICK_PROMPT))
+
+    async def _execute(self, request: Request) -> None:
+        """Carry out one command: the connection's own here, the chat's in the hub.
+
+        A refusal raised on the way is marked with the request it refuses.
+        """
+        try:
+            await self._carry_out(request)
+        except ProtocolError as exc:
+            exc.command = exc.command or request.name
+            exc.request = request.id
+            raise
+
+    async def _carry_out(self, request: Request) -> None:
+        re = request.id
+        match request.command:
+            case PongCommand():
                 return
+            case QuitCommand(reason=reason):
+                self.close_reason = reason or "Quit"
+                self.close(ErrorCode.QUIT, "Goodbye.", re)
+            case HelpCommand(command=name):
+                self.send(Notice(text=help_text(name), re=re))
+            case PingCommand(token=token):
+                self.send(Pong(text=token, re=re))
             case HelloCommand(nick=nick):
-                if self._dialect is not Dialect.JSON:
-                    self._dialect = Dialect.JSON
+                if self.member is not None:
+                    raise ProtocolError(
+                        ErrorCode.ALREADY_REGISTERED, "You are registered already.", command="hello"
+                    )
+                if self.codec is not JSON:
+                    self.codec = JSON
                     self.send(
-                        Hello(server=SERVER_NAME, text="JSON Lines dialect; register with a nick.")
+                        Hello(
+                            server=SERVER_NAME,
+                            text="JSON Lines dialect; register with a nick.",
+                            re=re,
+                        )
                     )
                 if nick is not None:
-                    await self._register(nick)
-            case NickCommand(nick=nick):
-                await self._register(nick)
-            case QuitCommand() | HelpCommand() | PingCommand() | PongCommand():
-                await self._execute(None, command)
+                    await self._register(nick, request)
+            case NickCommand(nick=nick) if self.member is None:
+                await self._register(nick, request)
             case _:
-                raise ProtocolError(ErrorCode.NOT_REGISTERED, "Register first: send a nickname.")
+                assert self.member is not None, "the codec lets only registration commands by"
+                await self.hub.execute(self.member, request)
 
-    async def _register(self, nick: str) -> None:
+    async def _register(self, nick: str, request: Request) -> None:
         try:
-            self.member = await self.hub.register(self, nick)
+            self.member = await self.hub.register(self, nick, request.id)
         except ProtocolError as exc:
             self._failed_registrations += 1
             if self._failed_registrations >= MAX_REGISTRATION_ATTEMPTS:
-                self.send(Error(code=exc.code, text=exc.message))
+                self.send(
+                    Error(code=exc.code, text=exc.message, command=request.name, re=request.id)
+                )
                 self.close(
                     ErrorCode.TOO_MANY_ERRORS,
                     f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
@@ -515,44 +536,5 @@ class Session:
             self.id,
             self.peer_address,
             self.member.nick,
-            self._dialect,
+            self.codec.name,
         )
-
-    async def _execute(self, member: Member | None, command: Command | None) -> None:
-        """Carry out one command. ``member`` is None only for the pre-registration commands."""
-        hub = self.hub
-        match command:
-            case None | PongCommand():
-                return
-            case QuitCommand(reason=reason):
-                self.close_reason = reason or "Quit"
-                self.close(ErrorCode.QUIT, "Goodbye.")
-                return
-            case HelpCommand(command=name):
-                self.send(Notice(text=help_text(name)))
-                return
-            case PingCommand(token=token):
-                self.send(Pong(text=token))
-                return
-        assert member is not None
-        match command:
-            case SayCommand(text=text, room=room):
-                hub.say(member, room, text)
-            case MeCommand(text=text, room=room):
-                hub.act(member, room, text)
-            case MsgCommand(nick=nick, text=text):
-                hub.private(member, nick, text)
-            case JoinCommand(room=room):
-                hub.join(member, room)
-            case PartCommand(room=room, reason=reason):
-                hub.part(member, room, reason)
-            case RoomsCommand():
-                hub.rooms(member)
-            case WhoCommand(room=room):
-                hub.who(member, room)
-            case TopicCommand(room=room, text=text):
-                hub.topic(member, room, text)
-            case NickCommand(nick=nick):
-                await hub.rename(member, nick)
-            case HelloCommand():
-                raise ProtocolError(ErrorCode.ALREADY_REGISTERED, "You are registered already.")

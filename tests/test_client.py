@@ -12,36 +12,40 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chat.client import Backoff, Connection, connect, encode_command, parse_address
+from chat.client import Backoff, Connection, connect, parse_address
+from chat.codecs import JSON
+from chat.commands import (
+    Command,
+    HelloCommand,
+    HelpCommand,
+    JoinCommand,
+    MeCommand,
+    MsgCommand,
+    NickCommand,
+    PartCommand,
+    PingCommand,
+    PongCommand,
+    QuitCommand,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    WhoCommand,
+    encode_command,
+)
 from chat.errors import ConnectionLost, ErrorCode, NickUnavailable, ServerError
 from chat.protocol import (
     Bye,
     Error,
     Event,
-    HelloCommand,
-    HelpCommand,
     Join,
-    JoinCommand,
-    MeCommand,
     Message,
-    MsgCommand,
     Nick,
-    NickCommand,
     Part,
-    PartCommand,
-    PingCommand,
-    PongCommand,
     Private,
-    QuitCommand,
     RoomInfo,
-    RoomsCommand,
-    SayCommand,
     Topic,
-    TopicCommand,
     Welcome,
     Who,
-    WhoCommand,
-    parse_json_command,
 )
 from chat.server import ChatServer, ServerConfig
 from tests.conftest import StartServer
@@ -122,11 +126,14 @@ def test_parse_address_refuses(text: str) -> None:
         PongCommand("t2"),
     ],
 )
-def test_encode_command_round_trips(command: Any) -> None:
-    line = encode_command(command)
-    assert line.endswith(b"\n")
-    assert line.count(b"\n") == 1
-    assert parse_json_command(line.decode()) == command
+def test_encode_command_round_trips(command: Command) -> None:
+    for ident in (None, "q-1"):
+        line = encode_command(command, ident)
+        assert line.endswith(b"\n")
+        assert line.count(b"\n") == 1
+        request = JSON.decode(line, registered=True)
+        assert request is not None
+        assert (request.command, request.id) == (command, ident)
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:

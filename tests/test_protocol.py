@@ -20,58 +20,59 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from chat.codecs import JSON
+from chat.commands import COMMANDS as COMMAND_TABLE
+from chat.commands import (
+    Command,
+    HelloCommand,
+    HelpCommand,
+    JoinCommand,
+    MeCommand,
+    MsgCommand,
+    NickCommand,
+    PartCommand,
+    PingCommand,
+    PongCommand,
+    QuitCommand,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    WhoCommand,
+    help_text,
+    parse_text_line,
+)
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
-    COMMANDS,
     EVENT_TYPES,
     NICK_MAX,
     REASON_MAX,
     ROOM_MAX,
     Action,
     Bye,
-    Command,
     Dialect,
     Error,
     Event,
     FrameError,
     Hello,
-    HelloCommand,
-    HelpCommand,
     Join,
-    JoinCommand,
     LineFramer,
-    MeCommand,
     Message,
-    MsgCommand,
     Nick,
-    NickCommand,
     Notice,
     Part,
-    PartCommand,
     Ping,
-    PingCommand,
     Pong,
-    PongCommand,
     Private,
     Quit,
-    QuitCommand,
     RoomInfo,
     RoomList,
-    RoomsCommand,
-    SayCommand,
     Topic,
-    TopicCommand,
     Welcome,
     Who,
-    WhoCommand,
     decode_line,
-    help_text,
     nick_key,
     nick_skeleton,
     parse_event,
-    parse_json_command,
-    parse_registration_line,
-    parse_text_command,
     render,
     room_key,
     sanitize,
@@ -80,6 +81,26 @@ from chat.protocol import (
     validate_nick,
     validate_room,
 )
+
+# name -> (usage, what it does), for every command a person can type.
+COMMANDS = {spec.name: (spec.usage, spec.help) for spec in COMMAND_TABLE if spec.typed}
+
+
+def parse_text_command(line: str) -> Command | None:
+    """A registered user's typed line, as the text codec reads it."""
+    return parse_text_line(line, registered=True)
+
+
+def parse_registration_line(line: str) -> Command | None:
+    """A line typed before registration, as the text codec reads it."""
+    return parse_text_line(line, registered=False)
+
+
+def parse_json_command(line: str) -> Command | None:
+    """A registered program's JSON line, as the JSON codec reads it."""
+    request = JSON.decode(line.encode("utf-8", "surrogatepass"), registered=True)
+    return None if request is None else request.command
+
 
 # Deterministic and quick: the same examples on every run, no example database.
 # (No "explain" phase: it is slow and imports libcst.)
@@ -913,7 +934,6 @@ def test_parse_text_command_invalid_room(line: str) -> None:
         ("/ join #a", "/"),
         ("/pong", "/pong"),
         ("/hello", "/hello"),
-        ("/say hi", "/say"),
         ("/" + "z" * 40, "/" + "z" * 32 + "..."),
     ],
 )
@@ -940,7 +960,7 @@ def test_parse_text_command_truncates_reasons(line: str, expected: Command) -> N
 
 def test_every_command_is_parsed_by_the_text_dialect() -> None:
     """Each command in COMMANDS (and so in /help) is understood; none is 'unknown'."""
-    minimal_args = {"join": "#a", "me": "x", "msg": "bob hi", "nick": "bob"}
+    minimal_args = {"join": "#a", "me": "x", "msg": "bob hi", "nick": "bob", "say": "x"}
     for name in COMMANDS:
         line = f"/{name} {minimal_args.get(name, '')}".rstrip()
         assert parse_text_command(line) is not None, line
@@ -1068,12 +1088,25 @@ def test_parse_json_command(line: str, expected: Command) -> None:
     assert parse_json_command(line) == expected
 
 
-@pytest.mark.parametrize(
-    "line",
-    ["", "  ", j(type="say", text=""), j(type="say", text="   "), j(type="me", text="\t")],
-)
+@pytest.mark.parametrize("line", ["", "  "])
 def test_parse_json_command_ignores_blank(line: str) -> None:
     assert parse_json_command(line) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        j(type="say", text=""),
+        j(type="say", text="   "),
+        j(type="me", text="\t"),
+        '{"type": "say", "text": "\\u001b"}',  # blank once sanitised
+    ],
+)
+def test_parse_json_command_refuses_blank_text(line: str) -> None:
+    """A blank say or me is refused as the text dialect refuses /me with no text (issue 9)."""
+    error = protocol_error(parse_json_command, line)
+    assert error.code is ErrorCode.BAD_ARGUMENTS
+    assert error.command in ("say", "me")
 
 
 @pytest.mark.parametrize(
@@ -1174,7 +1207,6 @@ def test_parse_json_command_unknown_type(kind: str) -> None:
         ('{"type": "say", "text": "\\u009b31mred"}', SayCommand("31mred")),
         ('{"type": "say", "text": "\\u202egnp.exe"}', SayCommand("gnp.exe")),
         ('{"type": "say", "text": "\\u2028x"}', SayCommand("x")),
-        ('{"type": "say", "text": "\\u001b"}', None),
         ('{"type": "me", "text": "\\u0007beeps"}', MeCommand("beeps")),
         ('{"type": "msg", "nick": "b\\u0000ob", "text": "\\u001bhi"}', MsgCommand("bob", "hi")),
         ('{"type": "nick", "nick": "al\\u200fice"}', NickCommand("alice")),
@@ -1341,7 +1373,7 @@ def test_help_for_an_alias(alias: str, name: str) -> None:
     assert parse_text_command(f"/help {alias}") == HelpCommand(alias)
 
 
-@pytest.mark.parametrize("name", ["dance", "pong", "hello", "say", "x" * 100])
+@pytest.mark.parametrize("name", ["dance", "pong", "hello", "x" * 100])
 def test_help_for_an_unknown_command(name: str) -> None:
     error = protocol_error(help_text, name)
     assert error.code is ErrorCode.UNKNOWN_COMMAND
@@ -1359,7 +1391,7 @@ def test_help_round_trip_through_the_parser() -> None:
 
 # --- events: strategies -------------------------------------------------------------------------
 
-BASE_FIELDS = {"id", "ts", "room", "nick", "text"}
+BASE_FIELDS = {"id", "ts", "room", "nick", "text", "re"}
 
 
 def event_strategy(
@@ -1370,7 +1402,7 @@ def event_strategy(
     """Any instance of ``cls``; extra fields come from EXTRA_FIELDS."""
     maybe = st.none() | text
     extra = extra_fields(text).get(cls, {})
-    return st.builds(cls, id=text, ts=ts, room=maybe, nick=maybe, text=text, **extra)
+    return st.builds(cls, id=text, ts=ts, room=maybe, nick=maybe, text=text, re=maybe, **extra)
 
 
 def extra_fields(text: SearchStrategy[str]) -> dict[type[Event], dict[str, SearchStrategy[Any]]]:
@@ -1393,7 +1425,7 @@ def extra_fields(text: SearchStrategy[str]) -> dict[type[Event], dict[str, Searc
             ).map(tuple)
         },
         Who: {"members": st.lists(text, max_size=8).map(tuple)},
-        Error: {"code": codes},
+        Error: {"code": codes, "command": st.none() | text},
         Bye: {"code": codes},
     }
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from chat.protocol import COMMANDS, Event, parse_event
+from chat.commands import COMMANDS, lookup
+from chat.protocol import Event, parse_event
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
 from tests.conftest import StartServer
@@ -364,7 +365,7 @@ async def test_json_commands_before_registration(chat: ChatServer) -> None:
     await client.send({"type": "ping", "token": "early"})
     await client.next_is("pong", text="early")
     await client.send({"type": "help", "command": "ping"})
-    await client.next_is("notice", text=f"/ping [token]: {COMMANDS['ping'][1]}")
+    await client.next_is("notice", text=f"/ping [token]: {lookup('ping', typed=True).help}")
     await client.send({"type": "nick", "nick": "carol"})
     await client.next_is("welcome", nick="carol")
     await client.close()
@@ -806,7 +807,7 @@ async def test_text_me(chat: ChatServer) -> None:
     await next_is(alice, "[#lobby] * alice waves at everyone")
     await next_is(bob, "[#lobby] * alice waves at everyone")
     await alice.send("/me")
-    await next_is(alice, "!!! Usage: /me action")
+    await next_is(alice, "!!! Usage: /me [#room] action")
     await alice.close()
     await bob.close()
 
@@ -1014,9 +1015,10 @@ async def test_text_help(chat: ChatServer) -> None:
     await alice.send("/help")
     lines = await wait_for(alice, "*** Start a line with // to say something that begins with /.")
     assert lines[0] == "*** Commands (a line not starting with / is said in your active room):"
-    assert len(lines) == len(COMMANDS) + 2
-    for name, line in zip(COMMANDS, lines[1:-1], strict=True):
-        assert line.startswith(f"***   /{name}"), line
+    typed = [spec for spec in COMMANDS if spec.typed]
+    assert len(lines) == len(typed) + 2
+    for spec, line in zip(typed, lines[1:-1], strict=True):
+        assert line.startswith(f"***   /{spec.name}"), line
     await alice.send("/help join")
     await next_is(
         alice, "*** /join #room: Join a room (created on first use) and make it your active room."
@@ -1035,10 +1037,10 @@ async def test_json_help(chat: ChatServer) -> None:
     alice = await json_user(chat.port, "alice")
     await alice.send({"type": "help"})
     notice = await alice.next_is("notice", room=None)
-    for usage, _ in COMMANDS.values():
-        assert usage in notice.text
+    for spec in COMMANDS:
+        assert spec.usage in notice.text or not spec.typed
     await alice.send({"type": "help", "command": "join"})
-    await alice.next_is("notice", text=f"/join #room: {COMMANDS['join'][1]}")
+    await alice.next_is("notice", text=f"/join #room: {lookup('join', typed=True).help}")
     await alice.send({"type": "help", "command": "frob"})
     await alice.next_is("error", code="unknown_command")
     await alice.close()
@@ -1112,9 +1114,10 @@ async def test_json_unknown_type_and_bad_json(chat: ChatServer) -> None:
     )
     await alice.send({"type": "say", "room": "#bad!", "text": "hi"})
     await alice.next_is("error", code="room_invalid")
-    # Blank lines and blank says are ignored.
+    # Blank lines are ignored; a blank say is refused, as a blank /say is (issue 9).
     await alice.send_raw(b"\n   \n")
     await alice.send({"type": "say", "text": "   "})
+    await alice.next_is("error", code="bad_arguments", command="say")
     await alice.send({"type": "ping", "token": "still-open"})
     await alice.next_is("pong", text="still-open")
     await alice.close()

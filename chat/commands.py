@@ -1,0 +1,530 @@
+"""Every command a client can send, declared once, and the two parsers derived from it.
+
+Theory of operation
+-------------------
+:data:`COMMANDS` is the command table: one :class:`CommandSpec` per command, naming its
+dataclass, aliases, parameters, help text and whether it works before registration. Everything
+else is derived from it:
+
+* :func:`parse_text_arguments` reads ``/name args`` (the text dialect, and IRC-less people);
+* :func:`parse_json_object` reads ``{"type": name, ...}`` (the JSON dialect);
+* :func:`help_text` answers ``/help``; :attr:`CommandSpec.usage` is shown on bad arguments;
+* :func:`encode_command` is the client library's request encoding;
+* the terminal client completes ``/`` + every name and alias in the table.
+
+Both parsers apply the same :class:`Param` rules, so a command is accepted, refused and
+explained identically in every dialect (``tests/test_commands.py`` walks the table to prove
+it). Adding a command is one table entry here plus its behaviour in the hub.
+
+Argument rules (protocol.md, "Arguments"): a room may be written without ``#`` where it
+cannot be mistaken for text (a required room, or an optional room that is the last
+parameter: ``/join python``, ``/who python``); where text may follow an optional room
+(``/part``, ``/topic``), the room must start with ``#`` or the word is text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any, Final
+
+from chat.errors import ErrorCode, ProtocolError
+from chat.protocol import REASON_MAX, sanitize, validate_room
+
+__all__ = [
+    "COMMANDS",
+    "REQUEST_ID_MAX",
+    "TOPIC_CLEAR",
+    "Command",
+    "CommandSpec",
+    "HelloCommand",
+    "HelpCommand",
+    "JoinCommand",
+    "MeCommand",
+    "MsgCommand",
+    "NickCommand",
+    "Param",
+    "PartCommand",
+    "PingCommand",
+    "PongCommand",
+    "QuitCommand",
+    "Request",
+    "RoomsCommand",
+    "SayCommand",
+    "TopicCommand",
+    "WhoCommand",
+    "encode_command",
+    "help_text",
+    "lookup",
+    "parse_json_object",
+    "parse_text_arguments",
+    "parse_text_line",
+    "spec_of",
+]
+
+REQUEST_ID_MAX: Final = 64
+TOPIC_CLEAR: Final = "-delete"  # "/topic [#room] -delete" clears a topic, as in irssi
+
+
+# --- the commands -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloCommand:
+    """Switch this connection to the JSON dialect, optionally registering at once."""
+
+    nick: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NickCommand:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class SayCommand:
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeCommand:
+    text: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MsgCommand:
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinCommand:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartCommand:
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsCommand:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WhoCommand:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCommand:
+    """Show a topic (``text`` None), set it, or clear it (``text`` "")."""
+
+    room: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuitCommand:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HelpCommand:
+    command: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingCommand:
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PongCommand:
+    token: str = ""
+
+
+Command = (
+    HelloCommand
+    | NickCommand
+    | SayCommand
+    | MeCommand
+    | MsgCommand
+    | JoinCommand
+    | PartCommand
+    | RoomsCommand
+    | WhoCommand
+    | TopicCommand
+    | QuitCommand
+    | HelpCommand
+    | PingCommand
+    | PongCommand
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed command and the id its answers carry back (``re``), if the client gave one."""
+
+    command: Command
+    id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return spec_of(self.command).name
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+class Kind(Enum):
+    """How one parameter is read, in both dialects."""
+
+    ROOM = "room"  # a room name; '#' may be left out where no text can follow
+    NICK = "nick"  # one word, checked by the hub (it knows who is online)
+    NAME = "name"  # a command name; a leading '/' and case are ignored
+    TEXT = "text"  # the rest of the line; must not be blank when required
+    REASON = "reason"  # the rest of the line, optional, cut to REASON_MAX
+    TOPIC = "topic"  # the rest of the line; TOPIC_CLEAR (text) or "" (JSON) clears
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str  # the dataclass field and the JSON key
+    kind: Kind
+    required: bool = True
+    label: str = ""  # what usage lines call it, where the kind's name would not say
+
+    @property
+    def usage(self) -> str:
+        shown = self.label or {
+            Kind.ROOM: "#room",
+            Kind.NICK: "nick",
+            Kind.TEXT: "text",
+            Kind.REASON: "reason",
+            Kind.TOPIC: "text",
+        }.get(self.kind, self.name)
+        return shown if self.required else f"[{shown}]"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command: everything every dialect, ``/help`` and the clients need to know."""
+
+    name: str
+    cls: type[Command]
+    help: str
+    params: tuple[Param, ...] = ()
+    aliases: tuple[str, ...] = ()
+    before_registration: bool = False  # allowed before a nickname is chosen
+    typed: bool = True  # a person can type it as /name (hello and pong are for programs)
+    usage_hint: str = ""  # replaces the derived usage where that would mislead
+
+    @property
+    def usage(self) -> str:
+        if self.usage_hint:
+            return self.usage_hint
+        return " ".join([f"/{self.name}", *(p.usage for p in self.params)])
+
+
+_ROOM_OPT: Final = Param("room", Kind.ROOM, required=False)
+
+COMMANDS: Final[tuple[CommandSpec, ...]] = (
+    CommandSpec(
+        "join",
+        JoinCommand,
+        "Join a room (created on first use) and make it your active room.",
+        (Param("room", Kind.ROOM),),
+        aliases=("j",),
+    ),
+    CommandSpec(
+        "part",
+        PartCommand,
+        "Leave a room; your active room if none is named.",
+        (_ROOM_OPT, Param("reason", Kind.REASON, required=False)),
+    ),
+    CommandSpec(
+        "rooms", RoomsCommand, "List the rooms with their member counts and topics.", (), ("list",)
+    ),
+    CommandSpec(
+        "who",
+        WhoCommand,
+        "List the members of a room; your active room if none is named.",
+        (_ROOM_OPT,),
+        aliases=("names",),
+    ),
+    CommandSpec(
+        "topic",
+        TopicCommand,
+        f"Show a room's topic, set it when text is given, or clear it with {TOPIC_CLEAR}.",
+        (_ROOM_OPT, Param("text", Kind.TOPIC, required=False)),
+        usage_hint=f"/topic [#room] [text|{TOPIC_CLEAR}]",
+    ),
+    CommandSpec(
+        "say",
+        SayCommand,
+        "Say something in a room (a line that does not start with / does this).",
+        (_ROOM_OPT, Param("text", Kind.TEXT)),
+    ),
+    CommandSpec(
+        "me",
+        MeCommand,
+        "Describe what you do: '/me waves' shows '* alice waves'.",
+        (_ROOM_OPT, Param("text", Kind.TEXT, label="action")),
+    ),
+    CommandSpec(
+        "msg",
+        MsgCommand,
+        "Send a private message that only nick sees.",
+        (Param("nick", Kind.NICK), Param("text", Kind.TEXT)),
+        aliases=("query",),
+    ),
+    CommandSpec(
+        "nick",
+        NickCommand,
+        "Change your nickname; your rooms see the change.",
+        (Param("nick", Kind.NICK, label="newnick"),),
+        before_registration=True,
+    ),
+    CommandSpec(
+        "quit",
+        QuitCommand,
+        "Leave the chat; your rooms see the reason.",
+        (Param("reason", Kind.REASON, required=False),),
+        before_registration=True,
+    ),
+    CommandSpec(
+        "help",
+        HelpCommand,
+        "List the commands, or explain one.",
+        (Param("command", Kind.NAME, required=False),),
+        before_registration=True,
+        usage_hint="/help [command]",
+    ),
+    CommandSpec(
+        "ping",
+        PingCommand,
+        "Ask the server for a pong, to check the connection.",
+        (Param("token", Kind.TEXT, required=False),),
+        before_registration=True,
+        usage_hint="/ping [token]",
+    ),
+    CommandSpec(
+        "pong",
+        PongCommand,
+        "Answer the server's keepalive ping.",
+        (Param("token", Kind.TEXT, required=False),),
+        before_registration=True,
+        typed=False,
+    ),
+    CommandSpec(
+        "hello",
+        HelloCommand,
+        "Switch to the JSON Lines dialect, optionally registering a nickname at once.",
+        (Param("nick", Kind.NICK, required=False),),
+        before_registration=True,
+        typed=False,
+    ),
+)
+
+_BY_NAME: Final = {spec.name: spec for spec in COMMANDS}
+_BY_ALIAS: Final = {alias: spec for spec in COMMANDS for alias in spec.aliases}
+_BY_CLASS: Final[dict[type[Any], CommandSpec]] = {spec.cls: spec for spec in COMMANDS}
+
+
+def spec_of(command: Command) -> CommandSpec:
+    return _BY_CLASS[type(command)]
+
+
+def _shown(word: str) -> str:
+    return word if len(word) <= 32 else word[:32] + "..."
+
+
+def lookup(name: str, *, typed: bool) -> CommandSpec:
+    """The spec of a command name (or alias, for typed commands), or ``unknown_command``."""
+    key = name.lower() if typed else name  # a JSON type is exact; people's typing is not
+    spec = _BY_NAME.get(key) or (_BY_ALIAS.get(key) if typed else None)
+    if spec is None or (typed and not spec.typed):
+        if typed:
+            message = f"Unknown command /{_shown(name)}; type /help for the list."
+        else:
+            message = f"Unknown command type {_shown(name)!r}; see protocol.md."
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, message)
+    return spec
+
+
+def help_text(command: str | None) -> str:
+    """What ``/help`` answers: every typed command, or one command's usage."""
+    if command is None:
+        shown = [spec for spec in COMMANDS if spec.typed]
+        width = max(len(spec.usage) for spec in shown)
+        lines = ["Commands (a line not starting with / is said in your active room):"]
+        lines += [f"  {spec.usage:<{width}}  {spec.help}" for spec in shown]
+        lines.append("Start a line with // to say something that begins with /.")
+        return "\n".join(lines)
+    spec = _BY_NAME.get(command) or _BY_ALIAS.get(command)
+    if spec is None or not spec.typed:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND, f"No command /{_shown(command)}; type /help for the list."
+        )
+    return f"{spec.usage}: {spec.help}"
+
+
+# --- validation shared by both parsers -------------------------------------------------------
+
+
+def _usage_error(spec: CommandSpec) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_ARGUMENTS, f"Usage: {spec.usage}", command=spec.name)
+
+
+def _check(spec: CommandSpec, param: Param, value: str | None) -> str | None:
+    """One parameter's value, normalised, or the refusal every dialect gives."""
+    # Blank free text counts as absent. A blank name is refused by what checks names (a
+    # room: room_invalid; a nickname, by the hub: nick_invalid); a blank topic clears it.
+    if value is None or (not value.strip() and param.kind in (Kind.TEXT, Kind.REASON, Kind.NAME)):
+        if param.required:
+            raise _usage_error(spec)
+        return None
+    match param.kind:
+        case Kind.ROOM:  # an empty optional room is no room; anything else must be valid
+            return validate_room(value) if value or param.required else None
+        case Kind.NICK:
+            return value.strip()
+        case Kind.NAME:
+            return value.strip().lstrip("/").lower()
+        case Kind.TEXT:
+            return value
+        case Kind.REASON:
+            return value.strip()[:REASON_MAX]
+        case Kind.TOPIC:
+            return value.strip()
+    raise AssertionError(param.kind)
+
+
+def _build(spec: CommandSpec, values: dict[str, str | None]) -> Command:
+    return spec.cls(**{name: value for name, value in values.items() if value is not None})
+
+
+# --- the text dialect ----------------------------------------------------------------------
+
+
+def parse_text_arguments(spec: CommandSpec, args: str) -> Command:
+    """Read a typed command's arguments (what follows ``/name``) by the table's rules."""
+    rest = args.strip()
+    values: dict[str, str | None] = {}
+    last = len(spec.params) - 1
+    for index, param in enumerate(spec.params):
+        if index < last and param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME):
+            if param.kind is Kind.ROOM and not param.required and not rest.startswith("#"):
+                continue  # text may follow an optional room: only a '#word' is a room
+            word, _, rest = rest.partition(" ")
+            values[param.name] = _check(spec, param, word or None)
+            rest = rest.strip()
+        else:  # the last parameter takes the rest of the line
+            if param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME) and " " in rest:
+                raise _usage_error(spec)  # one word expected, several typed
+            if param.kind is Kind.TOPIC and rest == TOPIC_CLEAR:
+                rest = " "
+            values[param.name] = _check(spec, param, rest or None)
+            rest = ""
+    if rest:
+        raise _usage_error(spec)
+    return _build(spec, values)
+
+
+def parse_text_line(line: str, *, registered: bool) -> Command | None:
+    """What a person typed: ``/command args``, ``//`` to say a line starting with ``/``,
+    anything else said in the active room (or, before registration, the nickname).
+    ``None`` for a blank line."""
+    if not line.strip():
+        return None
+    if not registered:
+        line = line.strip()
+    if not line.startswith("/"):
+        return SayCommand(line) if registered else NickCommand(line)
+    if line.startswith("//"):
+        if not registered:
+            raise _register_first()
+        return SayCommand(line[1:])
+    word, _, rest = line[1:].partition(" ")
+    spec = lookup(word, typed=True)
+    if not registered and not spec.before_registration:
+        raise _register_first()
+    return parse_text_arguments(spec, rest)
+
+
+def _register_first() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.NOT_REGISTERED, "Choose a nickname first: type it and press Enter."
+    )
+
+
+# --- the JSON dialect ----------------------------------------------------------------------
+
+
+def _string_field(obj: dict[str, Any], key: str, command: str | None) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(
+            ErrorCode.BAD_ARGUMENTS, f"Field {key!r} must be a string.", command=command
+        )
+    return sanitize(value)
+
+
+def request_id(obj: dict[str, Any]) -> str | None:
+    """The ``id`` a JSON command carries, checked: a string of at most 64 characters."""
+    value = obj.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= REQUEST_ID_MAX:
+        raise ProtocolError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"Field 'id' must be a string of 1 to {REQUEST_ID_MAX} characters.",
+        )
+    return sanitize(value)
+
+
+def parse_json_object(line: str) -> tuple[dict[str, Any], CommandSpec]:
+    """A JSON command line's object and the spec its ``type`` names (checked)."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "Line is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "Each line must be a JSON object.")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_JSON, "A JSON command needs a string field 'type'.")
+    return obj, lookup(kind, typed=False)
+
+
+def parse_json_arguments(spec: CommandSpec, obj: dict[str, Any]) -> Command:
+    """Read a JSON command's fields by the same rules as the text dialect's arguments."""
+    values: dict[str, str | None] = {}
+    for param in spec.params:
+        raw = _string_field(obj, param.name, spec.name)
+        if param.required and raw is None:
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"Field {param.name!r} is required.",
+                command=spec.name,
+            )
+        values[param.name] = _check(spec, param, raw)
+    return _build(spec, values)
+
+
+def encode_command(command: Command, request: str | None = None) -> bytes:
+    """The JSON line that carries ``command`` (and its request id); the server's JSON
+    parser reads it back unchanged."""
+    obj: dict[str, Any] = {"type": spec_of(command).name}
+    obj.update((k, v) for k, v in asdict(command).items() if v is not None)
+    if request is not None:
+        obj["id"] = request
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -34,18 +34,11 @@ from chat.protocol import (
     Who,
 )
 from chat.server import ChatServer, ServerConfig
-from chat.tui import (
-    ChatCompleter,
-    ChatState,
-    ChatUI,
-    MessagePane,
-    RoomView,
-    format_event,
-    history_path,
-    nick_style,
-    plain_text,
-    wrap,
-)
+from chat.tui.app import ChatUI
+from chat.tui.cli import history_path
+from chat.tui.format import format_event, nick_style, plain_text
+from chat.tui.state import ChatState, RoomView
+from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
 from tests.conftest import StartServer
 from tests.helpers import WAIT, JsonClient
 
@@ -194,7 +187,7 @@ async def test_join_opens_a_pane_and_part_closes_it(start_server: StartServer) -
         await term.shows("--> alice joined #dev")
         term.type("/topic shipping today\r")
         await eventually(lambda: state.view.topic == "shipping today")
-        assert "#dev: shipping today" in plain_text(term.ui._topbar())
+        assert "#dev: shipping today" in plain_text(top_bar(state))
         term.type("/join #lobby\r")  # already in: just switch panes
         await eventually(lambda: state.room == "#lobby")
         term.type("\x0e")  # Ctrl-N: next room
@@ -224,14 +217,14 @@ async def test_status_bar_counts_unread_lines_in_other_rooms(server: ChatServer)
         await bob.send({"type": "say", "room": "#lobby", "text": "one"})
         await bob.send({"type": "say", "room": "#lobby", "text": "two"})
         await eventually(lambda: term.ui.state.views["#lobby"].unread == 2)
-        status = plain_text(term.ui._statusbar())
+        status = plain_text(status_bar(term.ui.state, term.ui.link))
         assert "connected" in status
         assert "1:#lobby(2)" in status
         assert "2:#dev" in status
         term.type("\x1b1")  # Alt-1
         await eventually(lambda: term.ui.state.room == "#lobby")
         assert term.ui.state.views["#lobby"].unread == 0
-        assert plain_text(term.ui._prompt()) == "#lobby alice> "
+        assert plain_text(prompt_line(term.ui.state)) == "#lobby alice> "
     await bob.close()
 
 
@@ -275,15 +268,15 @@ async def test_reconnect_shows_status_and_what_was_not_sent(start_server: StartS
         term.type("/join #dev\r")
         await eventually(lambda: ui.state.room == "#dev")
         await server.close()
-        await eventually(lambda: ui.link == "reconnecting")
+        await eventually(lambda: ui.link.status == "reconnecting")
         await term.shows("Reconnecting; lines you type meanwhile are not sent.")
-        await eventually(lambda: "Connection refused" in plain_text(ui._statusbar()))
+        await eventually(lambda: "Connection refused" in plain_text(status_bar(ui.state, ui.link)))
         term.type("are you there?\r")
         await term.shows("Not sent (not connected): are you there?")
         restarted = ChatServer(ServerConfig(host="127.0.0.1", port=port, max_per_ip=0))
         await restarted.start()
         try:
-            await eventually(lambda: ui.link == "connected")
+            await eventually(lambda: ui.link.status == "connected")
             await term.shows("Reconnected as alice; rejoining #lobby, #dev.")
             await eventually(lambda: "alice" in ui.state.views["#dev"].members.values())
             term.type("back again\r")
@@ -333,6 +326,8 @@ def test_completer_commands_nicknames_and_rooms() -> None:
     assert completions(state, "/jo") == ["/join "]
     assert "/quit " in completions(state, "/")
     assert "/clear " in completions(state, "/cl")  # local commands too
+    assert completions(state, "/que") == ["/query "]  # aliases, from chat.commands.COMMANDS
+    assert completions(state, "/h") == ["/help "]  # not "hello": it is for programs
     assert completions(state, "/help to") == ["topic"]
     assert completions(state, "da") == ["dave: "]  # addressing someone: "nick: "
     assert completions(state, "hi b") == ["bob ", "Bea "]  # case-insensitive

@@ -1,0 +1,7 @@
+"""``python -m chat.tui`` runs ``chat-client``."""
+
+import sys
+
+from chat.tui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The full-screen application: :class:`ChatUI` ties the state, the screen and the keys to a
+:class:`~chat.client.Connection`, and :func:`run_tui` connects and runs it.
+
+One event loop, and nothing blocks it. The socket is read by the client library's task;
+:meth:`ChatUI._pump` only updates in-memory state and invalidates, and a burst of messages
+costs one redraw per frame (``min_redraw_interval``), not one per message. Typed lines go to
+a queue that a sender task works through, so a slow answer never stalls the keyboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.history import History, InMemoryHistory
+
+from chat.client import Connect, Connection
+from chat.commands import (
+    Command,
+    HelpCommand,
+    JoinCommand,
+    MeCommand,
+    MsgCommand,
+    QuitCommand,
+    SayCommand,
+    help_text,
+    parse_text_line,
+)
+from chat.errors import ConnectionLost, NickUnavailable, ProtocolError, ServerError
+from chat.protocol import nick_key, room_key, sanitize
+from chat.tui.actions import describe, execute, fail
+from chat.tui.keys import KEYS_HELP, build_key_bindings
+from chat.tui.state import ChatState, Link
+from chat.tui.widgets import STYLE, MessagePane, build_layout, input_line
+
+__all__ = ["ChatUI", "run_tui"]
+
+
+class ChatUI:
+    """The application: layout, keys, and the tasks that connect it to a :class:`Connection`.
+
+    ``more`` yields replacement connections after a loss (``aiter(connect(...))``); without it
+    a lost connection just stays down.
+    """
+
+    def __init__(
+        self,
+        first: Connection,
+        more: AsyncGenerator[Connection, None] | None = None,
+        *,
+        history: History | None = None,
+    ) -> None:
+        self.state = ChatState(first.nickname)
+        self.link = Link(first.address)
+        self.conn: Connection | None = first
+        self._more = more
+        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        self._quit_reason = ""
+        self._exiting = False
+        self.pane = MessagePane(self.state)
+        self.input = input_line(
+            self.state, history if history is not None else InMemoryHistory(), self._accept
+        )
+        self.app: Application[int] = Application(
+            layout=build_layout(self.state, self.link, self.pane, self.input),
+            key_bindings=build_key_bindings(self.state, self.pane, self.input, self.exit),
+            style=STYLE,
+            full_screen=True,
+            min_redraw_interval=0.02,
+        )
+
+    # --- input -----------------------------------------------------------------------------
+
+    def _accept(self, buffer: Buffer) -> bool:
+        if buffer.text.strip():
+            self._lines.put_nowait(buffer.text)
+        return False  # clear the line; prompt_toolkit has added it to the history
+
+    async def _send_loop(self) -> None:
+        """Run typed lines one at a time, in order, off the keyboard's path."""
+        while True:
+            line = await self._lines.get()
+            await self.submit(line)
+            self.app.invalidate()
+
+    async def submit(self, line: str) -> None:
+        """What Enter does with a line: a local command, or a command for the server."""
+        text = sanitize(line)
+        word = text.split(" ", 1)[0].lower()
+        if word == "/clear":
+            self.state.view.lines.clear()
+            self.state.view.scroll = 0
+            return
+        if word == "/exit":
+            text = "/quit" + text[len(word) :]
+        try:
+            command = parse_text_line(text, registered=True)
+        except ProtocolError as exc:
+            self.state.error(exc.message)
+            return
+        match command:
+            case None:
+                return
+            case QuitCommand(reason=reason):
+                self.exit(reason)
+                return
+            case HelpCommand(command=name):
+                try:
+                    help_lines = help_text(name) if name else help_text(None) + "\n" + KEYS_HELP
+                except ProtocolError as exc:
+                    self.state.error(exc.message)
+                    return
+                for help_line in help_lines.split("\n"):
+                    self.state.note(help_line)
+                return
+            case JoinCommand(room=room) if room_key(room) in self.state.views:
+                self.state.switch(room_key(room))
+                return
+        await self._send(command, text)
+
+    async def _send(self, command: Command, text: str) -> None:
+        state = self.state
+        conn = self.conn
+        if conn is None or conn.closed:
+            state.error(f"Not sent (not connected): {text}")
+            return
+        room = state.room
+        mine: tuple[str, str, str] | None = None
+        match command:
+            case SayCommand(text=said, room=where):
+                mine = ("say", room_key(where or room or ""), said)
+            case MeCommand(text=said, room=where):
+                mine = ("me", room_key(where or room or ""), said)
+            case MsgCommand(nick=nick, text=said):
+                mine = ("msg", nick_key(nick), said)
+            case JoinCommand(room=where):
+                state.switch_to.add(room_key(where))
+        if mine is not None:
+            state.sent(*mine)
+        try:
+            shown = await execute(conn, command, room)
+        except ConnectionLost:
+            if mine is not None:
+                state.confirm(*mine)
+            state.error(f"Not sent (connection lost): {text}")
+        except (ServerError, NickUnavailable, TimeoutError) as exc:
+            state.error(describe(exc))
+        else:
+            if shown is not None:
+                state.apply(shown)
+
+    def exit(self, reason: str = "") -> None:
+        """Leave: the connection is quit with ``reason`` after the UI has closed."""
+        if self._exiting:
+            return
+        self._exiting = True
+        self._quit_reason = reason
+        if self.app.is_running:
+            self.app.exit(result=0)
+
+    # --- the connection --------------------------------------------------------------------
+
+    def on_retry(self, attempt: int, delay: float, why: Exception) -> None:
+        """Called by :class:`~chat.client.Connect` before each wait between attempts."""
+        self.link.status = "reconnecting"
+        self.link.retry_at = time.monotonic() + delay
+        self.link.attempt = attempt
+        self.link.why = str(why).split(": ")[-1] if attempt > 1 else ""
+        self.app.invalidate()
+
+    async def _tick(self) -> None:
+        """Redraw the status bar's countdown while reconnecting."""
+        while True:
+            await asyncio.sleep(0.5)
+            self.app.invalidate()
+
+    async def _learn_rooms(self, conn: Connection) -> None:
+        """Fetch the room list quietly, so Tab can complete rooms we are not in yet."""
+        with contextlib.suppress(ConnectionLost, ServerError, TimeoutError):
+            rooms = await conn.rooms()
+            self.state.known_rooms.update((room_key(i.room), i.room) for i in rooms)
+
+    async def _pump(self) -> None:
+        """Move events into the state; after a loss, wait for the next connection."""
+        conn = self.conn
+        while conn is not None:
+            self.conn = conn
+            self.link.status = "connected"
+            self.state.nick = conn.nickname
+            self.app.invalidate()
+            learn = asyncio.create_task(self._learn_rooms(conn))
+            count = 0
+            async for event in conn:
+                self.state.apply(event)
+                self.app.invalidate()
+                count += 1
+                if count % 64 == 0:
+                    await asyncio.sleep(0)  # in a burst, let keystrokes through
+            self.conn = None
+            learn.cancel()
+            if not conn.lost or self._more is None:
+                self.link.status = "disconnected"
+                if conn.lost:
+                    self.state.error(conn.describe_close())
+                break
+            self.link.status = "reconnecting"
+            self.state.connection_lost(conn.describe_close())
+            self.app.invalidate()
+            ticker = asyncio.create_task(self._tick())
+            try:
+                conn = await anext(self._more)
+            except StopAsyncIteration:
+                conn = None
+            except (ConnectionLost, NickUnavailable, ServerError) as exc:
+                self.state.error(f"Gave up reconnecting: {describe(exc)}")
+                conn = None
+            else:
+                rooms = ", ".join(v.name for v in self.state.views.values()) or "no room"
+                self.state.note(f"--- Reconnected as {conn.nickname}; rejoining {rooms}.")
+            finally:
+                ticker.cancel()
+        if self.link.status != "connected":
+            self.link.status = "disconnected"
+        self.app.invalidate()
+
+    async def run(self) -> int:
+        """Run until the user quits; then quit the connection and restore the terminal."""
+        pump = asyncio.create_task(self._pump())
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            return 0 if self._exiting else await self.app.run_async()
+        finally:
+            for task in (sender, pump):
+                task.cancel()
+            await asyncio.gather(sender, pump, return_exceptions=True)
+            if self.conn is not None:
+                await self.conn.quit(self._quit_reason)
+            if self._more is not None:
+                await self._more.aclose()
+
+
+async def run_tui(connector: Connect, open_history: Callable[[], History] = InMemoryHistory) -> int:
+    """Connect (a failure is one line on stderr), then run the UI until the user quits.
+
+    ``open_history`` makes the input history once connected (the command line passes the
+    persistent one, :func:`chat.tui.cli.open_history`).
+    """
+    more = aiter(connector)
+    try:
+        first = await anext(more)
+    except (ConnectionLost, NickUnavailable, ServerError) as exc:
+        return fail(f"cannot connect: {describe(exc)}")
+    ui = ChatUI(first, more, history=open_history())
+    connector.on_retry = ui.on_retry
+    return await ui.run()

@@ -1,0 +1,70 @@
+"""The keys the client adds to prompt_toolkit's Emacs defaults, and their help text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from prompt_toolkit.filters import Condition, has_completions
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.widgets import TextArea
+
+from chat.tui.state import ChatState
+from chat.tui.widgets import MessagePane
+
+__all__ = ["KEYS_HELP", "build_key_bindings"]
+
+KEYS_HELP: Final = """Keys:
+  Enter                send the line          Up/Down        walk input history
+  Tab / Shift-Tab      complete /commands, nicknames, #rooms
+  PageUp/PageDown      scroll this room       Ctrl-N/Ctrl-P  next/previous room
+  Alt-1..9             go to room 1..9        Ctrl-C/Ctrl-D  quit"""
+
+
+def build_key_bindings(
+    state: ChatState, pane: MessagePane, entry: TextArea, leave: Callable[[], None]
+) -> KeyBindings:
+    """Keys added to prompt_toolkit's Emacs defaults, which already give line editing,
+    Up/Down through history and Tab/Shift-Tab completion. ``entry`` is the input line
+    (Ctrl-D quits only when it is empty); ``leave`` quits the client."""
+    bindings = KeyBindings()
+    input_empty = Condition(lambda: not entry.text)
+
+    @bindings.add("pageup")
+    def _older(event: KeyPressEvent) -> None:
+        """Scroll the message pane a screen back (the status bar says when you are)."""
+        pane.page(+1)
+
+    @bindings.add("pagedown")
+    def _newer(event: KeyPressEvent) -> None:
+        """Scroll a screen forward; at the bottom, new lines follow again."""
+        pane.page(-1)
+
+    @bindings.add("c-n", filter=~has_completions)
+    @bindings.add("escape", "right")
+    def _next_room(event: KeyPressEvent) -> None:
+        """Show the next room's pane (the completion menu keeps Ctrl-N while open)."""
+        state.cycle(+1)
+
+    @bindings.add("c-p", filter=~has_completions)
+    @bindings.add("escape", "left")
+    def _previous_room(event: KeyPressEvent) -> None:
+        """Show the previous room's pane."""
+        state.cycle(-1)
+
+    def _go_to(number: int) -> None:
+        @bindings.add("escape", str(number))
+        def _room_n(event: KeyPressEvent) -> None:
+            """Alt-N shows room N, numbered as in the status bar."""
+            state.switch_number(number)
+
+    for number in range(1, 10):
+        _go_to(number)
+
+    @bindings.add("c-c")
+    @bindings.add("c-d", filter=input_empty)
+    def _quit(event: KeyPressEvent) -> None:
+        """Quit cleanly: leave the chat, restore the terminal (Ctrl-D only on an empty line)."""
+        leave()
+
+    return bindings

@@ -1,0 +1,275 @@
+"""What the client shows, as plain data: one pane per room, members, unread counts, the link.
+
+:class:`ChatState` takes events from :mod:`chat.protocol` (:meth:`ChatState.apply`) and
+decides which pane each line goes to, who is in which room and what is unread; it formats
+with :mod:`chat.tui.format` and imports nothing from prompt_toolkit, so tests drive it
+directly, without a terminal or a socket.
+
+One pane per room, like irssi or WeeChat windows: a busy room cannot bury a quiet one, the
+status bar can count unread lines per room, and the member list belongs to the pane you
+see. Private messages, errors and server notices appear in the pane you are looking at, so
+they are never hidden. ``/join #room`` on a room you are in switches to it; so do
+Ctrl-N/Ctrl-P and Alt-1..9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from chat.errors import ErrorCode
+from chat.protocol import (
+    Action,
+    Error,
+    Event,
+    Join,
+    Message,
+    Nick,
+    Part,
+    Private,
+    Quit,
+    RoomList,
+    Topic,
+    Welcome,
+    Who,
+    nick_key,
+    room_key,
+)
+from chat.tui.format import Line, clean, format_event, stamp
+
+__all__ = ["SCROLLBACK", "ChatState", "Link", "RoomView"]
+
+SCROLLBACK: Final = 2000  # lines kept per room
+# Errors that mean "your say/me/msg was refused": it will never be echoed back.
+_REFUSALS: Final = frozenset(
+    {
+        ErrorCode.NOT_IN_ROOM,
+        ErrorCode.NO_ACTIVE_ROOM,
+        ErrorCode.NO_SUCH_NICK,
+        ErrorCode.FLOOD,
+        ErrorCode.LINE_TOO_LONG,
+        ErrorCode.BAD_ARGUMENTS,
+        ErrorCode.ROOM_INVALID,
+    }
+)
+
+
+@dataclass
+class Link:
+    """The connection as the status bar shows it: where to, whether it is up, the retries."""
+
+    address: str
+    status: str = "connected"  # "connected", "reconnecting" or "disconnected"
+    retry_at: float = 0.0  # time.monotonic() of the next attempt while reconnecting
+    attempt: int = 0
+    why: str = ""  # why the previous attempt failed; "" before the second
+
+
+class RoomView:
+    """One pane: a room's capped scrollback, its members and topic, unread count, scroll."""
+
+    def __init__(self, name: str, scrollback: int = SCROLLBACK) -> None:
+        self.name = name
+        self.scrollback = scrollback
+        self.lines: list[Line] = []
+        self.members: dict[str, str] = {}  # nick_key -> nick
+        self.topic = ""
+        self.unread = 0
+        self.scroll = 0  # lines scrolled back from the newest; 0 follows new lines
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
+
+    def add(self, line: Line) -> None:
+        self.lines.append(line)
+        if len(self.lines) > self.scrollback:
+            del self.lines[0]
+        if self.scroll:  # keep what the reader is looking at still
+            self.scroll = min(self.scroll + 1, len(self.lines) - 1)
+
+    def first_sight(self, event_id: str) -> bool:
+        """False for a message already shown (history replayed after a reconnection)."""
+        if event_id in self._seen:
+            return False
+        self._seen.add(event_id)
+        self._seen_order.append(event_id)
+        if len(self._seen_order) > self.scrollback:
+            self._seen.discard(self._seen_order.popleft())
+        return True
+
+    def sorted_members(self) -> list[str]:
+        return sorted(self.members.values(), key=nick_key)
+
+
+class ChatState:
+    """Everything the UI shows, updated by :meth:`apply`; no application needed."""
+
+    def __init__(self, nick: str, scrollback: int = SCROLLBACK) -> None:
+        self.nick = nick
+        self.scrollback = scrollback
+        self.views: dict[str, RoomView] = {}  # room_key -> view, in join order
+        self.active = ""  # key of the view on screen; "" when in no room
+        self.nowhere = RoomView("(no room)", scrollback)
+        self.known_rooms: dict[str, str] = {}
+        self.switch_to: set[str] = set()  # rooms the user asked to join: show them on arrival
+        # Chat lines sent but not yet echoed back: (kind, room or nick key, text).
+        self.pending: list[tuple[str, str, str]] = []
+
+    @property
+    def view(self) -> RoomView:
+        return self.views.get(self.active, self.nowhere)
+
+    @property
+    def room(self) -> str | None:
+        """The active room's name, or None when in no room."""
+        view = self.views.get(self.active)
+        return view.name if view else None
+
+    def _own(self, nick: str | None) -> bool:
+        return nick is not None and nick_key(nick) == nick_key(self.nick)
+
+    # --- showing ---------------------------------------------------------------------------
+
+    def show(self, event: Event, view: RoomView | None = None, *, unread: bool = False) -> None:
+        target = view or self.view
+        for line in format_event(event, self.nick):
+            target.add(line)
+            if unread and target is not self.view:
+                target.unread += 1
+
+    def note(self, text: str, style: str = "class:system") -> None:
+        """A line from the client itself, in the pane on screen."""
+        self.view.add([("class:time", stamp(time.time())), (style, text)])
+
+    def error(self, text: str) -> None:
+        self.note(f"!!! {text}", "class:error")
+
+    # --- switching -------------------------------------------------------------------------
+
+    def switch(self, key: str) -> None:
+        if key in self.views:
+            self.active = key
+            self.views[key].unread = 0
+
+    def cycle(self, step: int) -> None:
+        keys = list(self.views)
+        if keys:
+            index = keys.index(self.active) if self.active in keys else 0
+            self.switch(keys[(index + step) % len(keys)])
+
+    def switch_number(self, number: int) -> None:
+        keys = list(self.views)
+        if 1 <= number <= len(keys):
+            self.switch(keys[number - 1])
+
+    # --- completion sources ----------------------------------------------------------------
+
+    def nicks(self) -> list[str]:
+        """Nicknames to complete: the active room's first, then everyone else we have seen."""
+        found = dict(self.view.members)
+        for view in self.views.values():
+            for key, nick in view.members.items():
+                found.setdefault(key, nick)
+        found.pop(nick_key(self.nick), None)
+        return list(found.values())
+
+    def rooms(self) -> list[str]:
+        found = {key: view.name for key, view in self.views.items()}
+        for key, name in self.known_rooms.items():
+            found.setdefault(key, name)
+        return list(found.values())
+
+    # --- delivery confirmation -------------------------------------------------------------
+
+    def sent(self, kind: str, where: str, text: str) -> None:
+        self.pending.append((kind, where, text))
+
+    def confirm(self, kind: str, where: str, text: str) -> None:
+        """The server echoed (or refused) this line: it is no longer in doubt."""
+        with contextlib.suppress(ValueError):
+            self.pending.remove((kind, where, text))
+
+    def connection_lost(self, why: str) -> None:
+        """Say plainly that we are down, and which of our lines may not have arrived."""
+        self.error(f"{why.rstrip('.')}. Reconnecting; lines you type meanwhile are not sent.")
+        for _, _, text in self.pending:
+            self.error(f"Not confirmed by the server before the connection dropped: {text}")
+        self.pending.clear()
+
+    # --- events ----------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Update the state for one event and show it in the right pane."""
+        own = self._own(event.nick)
+        view = self.views.get(room_key(event.room)) if event.room else None
+        match event:
+            case Message() | Action():
+                target = view or self.view
+                if not target.first_sight(event.id):
+                    return
+                if own and not event.history:
+                    kind = "say" if isinstance(event, Message) else "me"
+                    self.confirm(kind, room_key(event.room or ""), event.text)
+                self.show(event, target, unread=not event.history)
+            case Private():
+                if event.echo:
+                    self.confirm("msg", nick_key(event.target), event.text)
+                self.show(event)
+            case Join(room=str(room), nick=str(nick)):
+                key = room_key(room)
+                if own:
+                    view = self.views.setdefault(key, view or RoomView(room, self.scrollback))
+                    self.known_rooms[key] = room
+                    if key in self.switch_to or not self.active:
+                        self.switch_to.discard(key)
+                        self.switch(key)
+                if view is not None:
+                    view.members[nick_key(nick)] = nick
+                self.show(event, view)
+            case Part(room=str(room), nick=str(nick)):
+                if own and view is not None:
+                    del self.views[room_key(room)]
+                    if self.active == room_key(room):
+                        self.active = next(reversed(self.views), "")
+                    self.show(event)
+                else:
+                    if view is not None:
+                        view.members.pop(nick_key(nick), None)
+                    self.show(event, view)
+            case Quit(nick=str(nick)):
+                for each in self.views.values():
+                    if each.members.pop(nick_key(nick), None) is not None:
+                        self.show(event, each)
+            case Nick(nick=str(nick), new_nick=new):
+                if own:
+                    self.nick = new
+                shown = own
+                for each in self.views.values():
+                    if each.members.pop(nick_key(nick), None) is not None:
+                        each.members[nick_key(new)] = new
+                        self.show(event, each)
+                        shown = shown or each is self.view
+                if own and not shown:
+                    self.show(event)
+            case Topic():
+                if view is not None:
+                    view.topic = clean(event.text)
+                self.show(event, view)
+            case Who():
+                if view is not None:
+                    view.members = {nick_key(m): m for m in event.members}
+                self.show(event, view)
+            case RoomList():
+                self.known_rooms.update((room_key(i.room), i.room) for i in event.rooms)
+                self.show(event)
+            case Error():
+                if event.code in _REFUSALS and self.pending:
+                    self.pending.pop(0)
+                self.show(event)
+            case Welcome():
+                self.nick = event.nick or self.nick
+                self.show(event)
+            case _:
+                self.show(event, view)

@@ -1,0 +1,250 @@
+"""The client's state on its own: events in, panes, members, unread counts and completion
+sources out. No prompt_toolkit, no sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from chat.protocol import (
+    Error,
+    Join,
+    Message,
+    Nick,
+    Notice,
+    Part,
+    Private,
+    Quit,
+    RoomInfo,
+    RoomList,
+    Topic,
+    Welcome,
+    Who,
+)
+from chat.tui.format import plain_text
+from chat.tui.state import ChatState, Link, RoomView
+
+
+def texts(view: RoomView) -> list[str]:
+    return [plain_text(line) for line in view.lines]
+
+
+def two_rooms() -> ChatState:
+    """alice in #lobby (on screen, with bob and carol) and #dev (with dave)."""
+    state = ChatState("alice")
+    state.apply(Join(room="#lobby", nick="alice"))
+    state.apply(Who(room="#lobby", members=("alice", "bob", "carol")))
+    state.apply(Join(room="#dev", nick="alice"))
+    state.apply(Join(room="#dev", nick="dave"))
+    return state
+
+
+def test_state_does_not_import_prompt_toolkit() -> None:
+    """Nor do the formatting and the line mode: only the full-screen UI needs it."""
+    check = (
+        "import sys, chat.tui.state, chat.tui.format, chat.tui.linemode; "
+        "loaded = [m for m in sys.modules if m.startswith('prompt_toolkit')]; "
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- which pane a line goes to --------------------------------------------------------------
+
+
+def test_before_any_room_lines_go_to_the_placeholder_pane() -> None:
+    state = ChatState("alice")
+    assert state.room is None
+    assert state.view is state.nowhere
+    state.apply(Welcome(nick="alice", text="Welcome, alice!"))
+    assert texts(state.nowhere)[-1].endswith("--- Welcome, alice!")
+
+
+def test_the_first_room_joined_is_shown_and_later_ones_open_behind_it() -> None:
+    state = two_rooms()
+    assert list(state.views) == ["#lobby", "#dev"]
+    assert state.room == "#lobby"  # joined by the server, not asked for: no switch
+    assert texts(state.views["#dev"])[-1].endswith("--> dave joined #dev")
+    assert not any("dave" in line for line in texts(state.views["#lobby"]))
+
+
+def test_a_room_the_user_asked_to_join_is_shown_on_arrival() -> None:
+    state = two_rooms()
+    state.switch_to.add("#ops")
+    state.apply(Join(room="#Ops", nick="alice"))
+    assert state.room == "#Ops"
+    assert state.active == "#ops"
+    assert state.switch_to == set()
+
+
+def test_room_lines_go_to_their_room_and_the_rest_to_the_pane_on_screen() -> None:
+    state = two_rooms()
+    state.apply(Message(room="#dev", nick="dave", text="in dev"))
+    state.apply(Message(room="#lobby", nick="bob", text="in lobby"))
+    state.apply(Private(nick="dave", target="alice", text="psst"))
+    state.apply(Error(code="flood", text="slow down"))
+    state.apply(Notice(text="a notice"))
+    lobby, dev = texts(state.views["#lobby"]), texts(state.views["#dev"])
+    assert dev[-1].endswith("<dave> in dev")
+    assert lobby[-4].endswith("<bob> in lobby")
+    assert lobby[-3].endswith("[msg] <dave> psst")
+    assert lobby[-2].endswith("!!! slow down")
+    assert lobby[-1].endswith("--- a notice")
+    assert not any("psst" in line or "slow down" in line for line in dev)
+    state.switch("#dev")
+    state.note("from the client")
+    state.error("went wrong")
+    assert texts(state.views["#dev"])[-2].endswith("from the client")
+    assert texts(state.views["#dev"])[-1].endswith("!!! went wrong")
+
+
+def test_the_topic_is_kept_per_room_and_cleaned() -> None:
+    state = two_rooms()
+    state.apply(Topic(room="#dev", nick="dave", text="ship\tit\x1b[2J"))
+    assert state.views["#dev"].topic == "ship    it[2J"
+    assert state.views["#lobby"].topic == ""
+    assert texts(state.views["#dev"])[-1].endswith("--- dave set the topic of #dev: ship    it[2J")
+
+
+# --- unread counts and switching -------------------------------------------------------------
+
+
+def test_unread_counts_chat_lines_in_rooms_not_on_screen() -> None:
+    state = two_rooms()
+    dev = state.views["#dev"]
+    assert dev.unread == 0  # joins are not unread lines
+    state.apply(Message(room="#dev", nick="dave", text="one"))
+    state.apply(Message(room="#dev", nick="dave", text="two", history=True))  # a replay: no
+    state.apply(Message(room="#dev", nick="dave", text="three"))
+    state.apply(Message(room="#lobby", nick="bob", text="on screen"))
+    assert dev.unread == 2
+    assert state.views["#lobby"].unread == 0
+    state.switch("#dev")
+    assert dev.unread == 0
+    state.apply(Message(room="#dev", nick="dave", text="seen"))
+    assert dev.unread == 0
+
+
+def test_switching_and_cycling_panes() -> None:
+    state = two_rooms()
+    state.apply(Join(room="#ops", nick="alice"))
+    assert list(state.views) == ["#lobby", "#dev", "#ops"]
+    state.cycle(+1)
+    assert state.room == "#dev"
+    state.cycle(+1)
+    state.cycle(+1)
+    assert state.room == "#lobby"  # wraps around
+    state.cycle(-1)
+    assert state.room == "#ops"
+    state.switch_number(2)
+    assert state.room == "#dev"
+    state.switch_number(4)  # no room 4: nothing happens
+    state.switch_number(0)
+    assert state.room == "#dev"
+    state.switch("#nowhere")
+    assert state.room == "#dev"
+
+
+def test_leaving_the_room_on_screen_shows_the_last_one_left() -> None:
+    state = two_rooms()
+    state.apply(Join(room="#ops", nick="alice"))
+    state.switch("#dev")
+    state.apply(Part(room="#dev", nick="alice"))
+    assert list(state.views) == ["#lobby", "#ops"]
+    assert state.room == "#ops"
+    assert texts(state.view)[-1].endswith("<-- alice left #dev")
+    state.apply(Part(room="#ops", nick="alice"))
+    state.apply(Part(room="#lobby", nick="alice"))
+    assert state.views == {}
+    assert state.room is None
+    assert texts(state.view)[-1].endswith("<-- alice left #lobby")
+
+
+# --- members ---------------------------------------------------------------------------------
+
+
+def test_members_follow_join_part_quit_and_nick() -> None:
+    state = two_rooms()
+    lobby, dev = state.views["#lobby"], state.views["#dev"]
+    state.apply(Join(room="#dev", nick="bob"))
+    assert dev.sorted_members() == ["alice", "bob", "dave"]
+    state.apply(Part(room="#dev", nick="dave", text="later"))
+    assert dev.sorted_members() == ["alice", "bob"]
+    assert texts(dev)[-1].endswith("<-- dave left #dev (later)")
+    state.apply(Nick(nick="bob", new_nick="Robert"))
+    assert lobby.sorted_members() == ["alice", "carol", "Robert"]
+    assert dev.sorted_members() == ["alice", "Robert"]
+    assert texts(dev)[-1].endswith("--- bob is now known as Robert")
+    state.apply(Quit(nick="robert", text="gone"))  # nicknames compare case-insensitively
+    assert lobby.sorted_members() == ["alice", "carol"]
+    assert dev.sorted_members() == ["alice"]
+    assert texts(lobby)[-1].endswith("<-- robert quit (gone)")
+    assert texts(dev)[-1].endswith("<-- robert quit (gone)")
+
+
+def test_a_quit_shows_only_where_the_nick_was() -> None:
+    state = two_rooms()
+    state.apply(Quit(nick="dave"))
+    assert texts(state.views["#dev"])[-1].endswith("<-- dave quit")
+    assert not any("dave" in line for line in texts(state.views["#lobby"]))
+
+
+def test_who_replaces_the_member_list() -> None:
+    state = two_rooms()
+    state.apply(Who(room="#lobby", members=("alice", "erin")))
+    assert state.views["#lobby"].sorted_members() == ["alice", "erin"]
+
+
+def test_own_rename_and_welcome_change_the_nick() -> None:
+    state = two_rooms()
+    state.apply(Nick(nick="alice", new_nick="alicia"))
+    assert state.nick == "alicia"
+    assert state.views["#lobby"].sorted_members() == ["alicia", "bob", "carol"]
+    assert texts(state.views["#lobby"])[-1].endswith("--- alice is now known as alicia")
+    state.apply(Welcome(nick="al", text="Welcome, al!"))
+    assert state.nick == "al"
+
+
+# --- completion sources ------------------------------------------------------------------------
+
+
+def test_nicks_put_the_room_on_screen_first_and_leave_yourself_out() -> None:
+    state = two_rooms()
+    assert state.nicks() == ["bob", "carol", "dave"]
+    state.switch("#dev")
+    assert state.nicks() == ["dave", "bob", "carol"]
+    state.apply(Join(room="#dev", nick="BOB"))  # the same person, by nick_key
+    assert state.nicks() == ["dave", "BOB", "carol"]
+
+
+def test_rooms_are_the_joined_ones_then_the_known_ones() -> None:
+    state = two_rooms()
+    assert state.rooms() == ["#lobby", "#dev"]
+    state.apply(
+        RoomList(rooms=(RoomInfo("#Dev", 2, ""), RoomInfo("#ops", 1, ""), RoomInfo("#qa", 3, "")))
+    )
+    assert state.rooms() == ["#lobby", "#dev", "#ops", "#qa"]
+    assert texts(state.view)[-1].endswith("#qa (3)")
+
+
+# --- delivery confirmation and the link ------------------------------------------------------
+
+
+def test_own_lines_are_pending_until_echoed_or_refused() -> None:
+    state = two_rooms()
+    state.sent("say", "#lobby", "hello")
+    state.sent("msg", "bob", "psst")
+    state.sent("say", "#lobby", "too fast")
+    state.apply(Message(room="#lobby", nick="alice", text="hello"))
+    state.apply(Private(nick="alice", target="Bob", text="psst", echo=True))
+    assert state.pending == [("say", "#lobby", "too fast")]
+    state.apply(Error(code="flood", text="Slow down."))
+    assert state.pending == []
+
+
+def test_the_link_starts_connected() -> None:
+    link = Link("localhost:9000")
+    assert (link.status, link.attempt, link.why) == ("connected", 0, "")

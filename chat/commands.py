@@ -449,18 +449,24 @@ def parse_text_line(line: str, *, registered: bool) -> Command | None:
         return SayCommand(line) if registered else NickCommand(line)
     if line.startswith("//"):
         if not registered:
-            raise _register_first()
+            raise _register_first("say")
         return SayCommand(line[1:])
     word, _, rest = line[1:].partition(" ")
     spec = lookup(word, typed=True)
     if not registered and not spec.before_registration:
-        raise _register_first()
-    return parse_text_arguments(spec, rest)
+        raise _register_first(spec.name)
+    try:
+        return parse_text_arguments(spec, rest)
+    except ProtocolError as exc:
+        exc.command = exc.command or spec.name
+        raise
 
 
-def _register_first() -> ProtocolError:
+def _register_first(command: str) -> ProtocolError:
     return ProtocolError(
-        ErrorCode.NOT_REGISTERED, "Choose a nickname first: type it and press Enter."
+        ErrorCode.NOT_REGISTERED,
+        "Choose a nickname first: type it and press Enter.",
+        command=command,
     )
 
 

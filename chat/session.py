@@ -129,6 +129,7 @@ class Session:
         "_ending",
         "_failed_registrations",
         "_flood",
+        "_flood_told",
         "_framer",
         "_ping_outstanding",
         "_queue",
@@ -171,6 +172,7 @@ class Session:
         self._transport = cast(asyncio.Transport, writer.transport)
         self._framer = LineFramer(limits.max_line, limits.max_garbage)
         self._flood = FloodGate(limits.rate, limits.burst)
+        self._flood_told = False  # a flood error was sent for the current run of refusals
         self._queue: asyncio.Queue[bytes | None] | None = None  # made when first needed
         self._queued_bytes = 0
         self._closing = False  # no more output is accepted
@@ -423,37 +425,46 @@ class Session:
             for line in self._framer.feed(data):
                 if self._ending:
                     return
-                if line is FrameError.OVERLONG:
-                    self.send(
-                        Error(
-                            code=ErrorCode.LINE_TOO_LONG,
-                            text=f"Line too long (more than {self.limits.max_line} bytes); "
-                            "it was discarded.",
-                        )
-                    )
-                elif line is FrameError.NO_NEWLINE:
+                if line is FrameError.NO_NEWLINE:
                     self.close(
                         ErrorCode.NO_NEWLINE,
                         f"No end of line in {self.limits.max_garbage} bytes.",
                     )
-                else:
-                    assert isinstance(line, bytes)
-                    await self._handle_line(line)
+                elif self._admit():
+                    if line is FrameError.OVERLONG:
+                        self.send(
+                            Error(
+                                code=ErrorCode.LINE_TOO_LONG,
+                                text=f"Line too long (more than {self.limits.max_line} bytes); "
+                                "it was discarded.",
+                            )
+                        )
+                    else:
+                        assert isinstance(line, bytes)
+                        await self._handle_line(line)
 
-    async def _handle_line(self, raw: bytes) -> None:
+    def _admit(self) -> bool:
+        """Charge one line, whatever it is (refused or overlong lines cost the same), to the
+        flood budget. Refused lines are answered with one ``flood`` error per burst of
+        refusals, so the answers cannot become a flood of their own."""
         verdict = self._flood.take()
+        if verdict is Verdict.ALLOW:
+            self._flood_told = False
+            return True
         if verdict is Verdict.DISCONNECT:
             self.close(ErrorCode.FLOODING, "Excess flood: you sent too many lines too fast.")
-            return
-        if verdict is Verdict.REFUSE:
+        elif not self._flood_told:
+            self._flood_told = True
             self.send(
                 Error(
                     code=ErrorCode.FLOOD,
-                    text=f"Too fast: line refused (limit {self.limits.rate:g} lines per second, "
-                    f"bursts of {self.limits.burst}).",
+                    text=f"Too fast: lines refused (limit {self.limits.rate:g} lines per second, "
+                    f"bursts of {self.limits.burst}) until you slow down.",
                 )
             )
-            return
+        return False
+
+    async def _handle_line(self, raw: bytes) -> None:
         registered = self.member is not None
         try:
             request = decoder_for(self.codec, raw, registered=registered).decode(

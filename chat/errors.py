@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     BAD_ARGUMENTS = "bad_arguments"
     BAD_JSON = "bad_json"
     ROOM_INVALID = "room_invalid"
+    ROOM_CONFUSABLE = "room_confusable"
     NO_SUCH_ROOM = "no_such_room"
     NO_SUCH_NICK = "no_such_nick"
     NOT_IN_ROOM = "not_in_room"

@@ -284,6 +284,7 @@ class Hub:
         self._by_key: dict[str, Member] = {}
         self._by_skeleton: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
+        self._room_skeletons: dict[str, Room] = {}  # what each room's name looks like
         self._room(LOBBY)
 
     # --- commands ---------------------------------------------------------------------------
@@ -418,7 +419,18 @@ class Hub:
         room = self._rooms.get(key)
         if room is None:
             room = self._rooms[key] = Room(name, deque(maxlen=self.history_length))
+            self._room_skeletons.setdefault(nick_skeleton(name), room)
         return room
+
+    def _check_room_name(self, name: str) -> None:
+        """A new room may not look like an existing one (#Iobby beside #lobby)."""
+        lookalike = self._room_skeletons.get(nick_skeleton(name))
+        if lookalike is not None and room_key(lookalike.name) != room_key(name):
+            raise ProtocolError(
+                ErrorCode.ROOM_CONFUSABLE,
+                f"The room name {name} looks too much like {lookalike.name}; join that one "
+                "or choose another name.",
+            )
 
     def _existing_room(self, name: str) -> Room:
         room = self._rooms.get(room_key(validate_room(name)))
@@ -457,6 +469,8 @@ class Hub:
         if room.population or room_key(room.name) == LOBBY:
             return False
         del self._rooms[room_key(room.name)]
+        if self._room_skeletons.get(nick_skeleton(room.name)) is room:
+            del self._room_skeletons[nick_skeleton(room.name)]
         return True
 
     def join(self, member: Member, name: str, request: str | None = None) -> None:
@@ -473,7 +487,10 @@ class Hub:
                 ErrorCode.TOO_MANY_ROOMS,
                 f"You are in {self.max_rooms} rooms already; /part one first.",
             )
-        room = self._room(validate_room(name))
+        name = validate_room(name)
+        if key not in self._rooms:
+            self._check_room_name(name)
+        room = self._room(name)
         self._enter(member, room)
         member.active = room
         event = Join(room=room.name, nick=member.nick)

@@ -275,21 +275,31 @@ def sniff_foreign(first_bytes: bytes) -> str | None:
 _NICK_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _NICK_CHARS_RE: Final = re.compile(r"[^A-Za-z0-9_-]")
 _ROOM_RE: Final = re.compile(rf"#[A-Za-z0-9_-]{{1,{ROOM_MAX - 1}}}")
-# Characters that look alike on screen, folded together after lower-casing. Case-insensitive
-# identity already merges I and i; 'I' looks like 'l' in most fonts, so i/l/1 are one shape.
-_SKELETON_TABLE: Final = str.maketrans({"0": "o", "1": "l", "i": "l"})
+# What looks alike on screen, folded together after lower-casing (Unicode TR 39's
+# confusables for the characters a name may hold). Case-insensitive identity already merges
+# I and i; 'I' looks like 'l' in most fonts, so i/l/1 are one shape; and three letters look
+# like two: m like "rn", w like "vv", d like "cl" (TR 39 maps each that way).
+_SKELETON_TABLE: Final = str.maketrans(
+    {"0": "o", "1": "l", "i": "l", "m": "rn", "w": "vv", "d": "cl"}
+)
 RESERVED_NICKS: Final = frozenset(
     {
         "admin",
         "administrator",
         "all",
         "anonymous",
+        "botserv",
+        "chanserv",
         "chat",
         "everyone",
         "help",
+        "hostserv",
+        "memoserv",
         "moderator",
+        "nickserv",
         "nobody",
         "operator",
+        "operserv",
         "root",
         "server",
         "services",
@@ -305,7 +315,8 @@ def nick_key(nick: str) -> str:
 
 
 def nick_skeleton(nick: str) -> str:
-    """What a nickname looks like on screen; two nicknames with one skeleton may not coexist."""
+    """What a name looks like on screen; two nicknames (or two rooms) with one skeleton may
+    not coexist."""
     return nick.lower().translate(_SKELETON_TABLE)
 
 

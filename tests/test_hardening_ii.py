@@ -109,3 +109,33 @@ async def test_combining_marks_are_capped_in_every_field(start_server: StartServ
     assert all(text.endswith(thai) for text in texts[1:4])
     sender.close()
     watcher.close()
+
+
+# --- 8. look-alike names ---------------------------------------------------------------
+
+
+async def test_look_alike_nicknames_and_rooms_are_refused(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0)
+    online = [await open_json(server, nick) for nick in ("mallory", "william", "david")]
+    reader, eve = await open_json(server, "eve")
+    for nick, code in (
+        ("rnallory", "nick_confusable"),
+        ("vvilliam", "nick_confusable"),
+        ("clavid", "nick_confusable"),
+        ("adrnin", "nick_reserved"),
+        ("rnoderator", "nick_reserved"),
+        ("NickServ", "nick_reserved"),
+    ):
+        eve.write(json.dumps({"type": "nick", "nick": nick, "id": nick}).encode() + b"\n")
+        answer = await until(reader, lambda e, n=nick: e.get("re") == n)
+        assert (answer[-1]["type"], answer[-1]["code"]) == ("error", code), nick
+    for room in ("#Iobby", "#1obby", "#l0bby", "#LOBBY"):
+        eve.write(json.dumps({"type": "join", "room": room, "id": room}).encode() + b"\n")
+        answer = await until(reader, lambda e, r=room: e.get("re") == r)
+        if room == "#LOBBY":  # the same room, by case-insensitive identity: just switch to it
+            assert answer[-1]["type"] == "notice"
+        else:
+            assert (answer[-1]["type"], answer[-1]["code"]) == ("error", "room_confusable")
+    assert sorted(server.hub.room_names()) == ["#lobby"]
+    for _, writer in [*online, (reader, eve)]:
+        writer.close()

@@ -11,6 +11,7 @@ import calendar
 import itertools
 import json
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ from chat.commands import (
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
     EVENT_TYPES,
+    MAX_COMBINING,
     NICK_MAX,
     REASON_MAX,
     ROOM_MAX,
@@ -468,8 +470,29 @@ def test_sanitize_keeps_ordinary_text(text: str) -> None:
 def test_sanitize_removes_exactly_the_unsafe_codepoints(text: str) -> None:
     cleaned = sanitize(text)
     assert not has_unsafe(cleaned)
-    assert cleaned == "".join(c for c in text if ord(c) not in UNSAFE)
+    assert cleaned == cap_marks("".join(c for c in text if ord(c) not in UNSAFE))
     assert sanitize(cleaned) == cleaned
+
+
+def cap_marks(text: str) -> str:
+    """The reference for the combining-mark cap: at most MAX_COMBINING in a row."""
+    kept: list[str] = []
+    run = 0
+    for char in text:
+        run = run + 1 if unicodedata.category(char) in ("Mn", "Me") else 0
+        if run <= MAX_COMBINING:
+            kept.append(char)
+    return "".join(kept)
+
+
+@PROPERTY
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(["a", "\u0301", "\u0489", "\ufe0f", "\U000e0100", "\u00e9"])
+    )
+)
+def test_sanitize_caps_combining_marks(text: str) -> None:
+    assert sanitize(text) == cap_marks(text)
 
 
 @PROPERTY
@@ -677,6 +700,12 @@ def test_nick_bad_character_is_named() -> None:
         "sysop",
         "sys0p",
         "  root  ",
+        # Issue 10.8: multi-letter look-alikes and services names.
+        "adrnin",
+        "rnoderator",
+        "NickServ",
+        "ChanServ",
+        "nickserv",
     ],
 )
 def test_reserved_nicks(raw: str) -> None:
@@ -712,6 +741,12 @@ def test_nick_key_does_not_fold_look_alikes(a: str, b: str) -> None:
         ("alice", "a1ice"),
         ("alice", "aIice"),
         ("mod", "M0D"),
+        # Issue 10.8: letters that look like two (Unicode TR 39 confusables).
+        ("mallory", "rnallory"),
+        ("william", "vvilliam"),
+        ("david", "clavid"),
+        ("david", "cIavid"),
+        ("moderator", "rnoclerator"),
     ],
 )
 def test_nick_skeleton_folds_look_alikes(a: str, b: str) -> None:

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     ROOM_CONFUSABLE = "room_confusable"
     NO_SUCH_ROOM = "no_such_room"
     NO_SUCH_NICK = "no_such_nick"
+    RECIPIENT_BUSY = "recipient_busy"
     NOT_IN_ROOM = "not_in_room"
     NO_ACTIVE_ROOM = "no_active_room"
     TOO_MANY_ROOMS = "too_many_rooms"

@@ -87,6 +87,10 @@ class Peer(Protocol):
     @property
     def codec(self) -> Codec: ...
 
+    @property
+    def busy(self) -> bool:
+        """True while the client is falling behind (see Hub.private)."""
+
     def push(self, data: bytes) -> None:
         """Queue bytes for the client; must not block, may drop a client that is too slow."""
 
@@ -595,6 +599,12 @@ class Hub:
             if target is member:
                 self.tell(member, event, request)
                 return
+            if target.peer.busy:  # a flood of private messages must not get them dropped
+                raise ProtocolError(
+                    ErrorCode.RECIPIENT_BUSY,
+                    f"{target.nick} is not keeping up with what is sent to them; "
+                    "try again later.",
+                )
             self.tell(target, event)
         else:
             remote = await self.backend.locate(nick)

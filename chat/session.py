@@ -210,6 +210,14 @@ class Session:
         queue.put_nowait(data)
         self._queued_bytes += len(data)
 
+    @property
+    def busy(self) -> bool:
+        """More than half of this client's send budget is waiting: it is falling behind, and
+        what is addressed to it alone (private messages) is refused to its senders before
+        its own queue overflows (``recipient_busy``)."""
+        backlog = self._queued_bytes + self._transport.get_write_buffer_size()
+        return backlog > self.limits.send_queue // 2
+
     def _start_writer(self) -> asyncio.Queue[bytes | None]:
         """The first time this client falls behind: its bounded queue and its writer task."""
         assert self._tasks is not None, "push() before run()"

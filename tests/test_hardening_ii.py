@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import unicodedata
 from typing import Any
 
@@ -138,4 +139,41 @@ async def test_look_alike_nicknames_and_rooms_are_refused(start_server: StartSer
             assert (answer[-1]["type"], answer[-1]["code"]) == ("error", "room_confusable")
     assert sorted(server.hub.room_names()) == ["#lobby"]
     for _, writer in [*online, (reader, eve)]:
+        writer.close()
+
+
+# --- 3. private-message floods at one victim ------------------------------------------------
+
+
+async def test_private_flood_is_refused_before_the_victim_is_dropped(
+    start_server: StartServer,
+) -> None:
+    """48 connections each under every limit, sending /msg victim to a slow reader, got the
+    *victim* dropped (send_queue_full). Now the senders are refused (recipient_busy) first."""
+    server = await start_server(max_per_ip=0, rate=0, send_queue=64 * 1024)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow link: tiny window
+    slow.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", server.port))
+    victim_reader, victim = await asyncio.open_connection(sock=slow)
+    victim.write(b'{"type":"hello","nick":"victim"}\n')
+    await until(victim_reader, lambda e: e["type"] == "who")
+    senders = [await open_json(server, f"sender{i}") for i in range(3)]
+    line = json.dumps({"type": "msg", "nick": "victim", "text": "x" * 1800}).encode() + b"\n"
+    busy: list[dict[str, Any]] = []
+    for round_ in range(3000):  # at most 16 MB: far more than the kernel and the budget hold
+        for _, writer in senders:
+            writer.write(line)
+        reader = senders[round_ % 3][0]
+        writer = senders[round_ % 3][1]
+        writer.write(b'{"type":"ping","id":"fence"}\n')
+        answers = await until(reader, lambda e: e.get("re") == "fence")
+        busy += [e for e in answers if e.get("code") == "recipient_busy"]
+        if busy:
+            break
+    assert busy, "the senders were never refused"
+    assert busy[0]["command"] == "msg"
+    assert server.hub.find("victim") is not None  # still online: never dropped
+    victim.close()
+    for _, writer in senders:
         writer.close()

@@ -157,6 +157,20 @@ def build_server_parser() -> argparse.ArgumentParser:
         help="rooms one user may be in at once",
     )
     add(
+        "--max-total-rooms",
+        type=_positive,
+        default=defaults.max_total_rooms,
+        metavar="N",
+        help="rooms the server holds at once; creating one more is refused (rooms_full)",
+    )
+    add(
+        "--history-bytes",
+        type=_count,
+        default=defaults.history_bytes,
+        metavar="BYTES",
+        help="history kept in all rooms together; the least recently active room's goes first",
+    )
+    add(
         "--announce-limit",
         type=_positive,
         default=defaults.announce_limit,
@@ -214,6 +228,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         history=args.history,
         max_rooms=args.max_rooms,
         announce_limit=args.announce_limit,
+        max_total_rooms=args.max_total_rooms,
+        history_bytes=args.history_bytes,
         max_clients=args.max_clients,
         max_per_ip=args.max_per_ip,
         tls_cert=args.tls_cert,

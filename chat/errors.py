@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     NOT_IN_ROOM = "not_in_room"
     NO_ACTIVE_ROOM = "no_active_room"
     TOO_MANY_ROOMS = "too_many_rooms"
+    ROOMS_FULL = "rooms_full"
     TOPIC_TOO_LONG = "topic_too_long"
     LINE_TOO_LONG = "line_too_long"
     FLOOD = "flood"

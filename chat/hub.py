@@ -79,7 +79,15 @@ __all__ = [
 
 DEFAULT_MAX_ROOMS = 32
 DEFAULT_ANNOUNCE_LIMIT = 100
+DEFAULT_MAX_TOTAL_ROOMS = 10_000
+DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
+# What one line of history costs beyond its text: the event object, its id and its strings.
+LINE_OVERHEAD = 200
 
+
+def history_cost(event: Message | Action) -> int:
+    """The bytes one remembered line is counted as, against ``--history-bytes``."""
+    return len(event.text) + LINE_OVERHEAD
 
 class Peer(Protocol):
     """What the hub needs from a connection."""
@@ -275,6 +283,8 @@ class Hub:
         history: int = 50,
         max_rooms: int = DEFAULT_MAX_ROOMS,
         announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
+        max_total_rooms: int = DEFAULT_MAX_TOTAL_ROOMS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         backend: Backend | None = None,
     ) -> None:
         self.lock = asyncio.Lock()
@@ -287,6 +297,13 @@ class Hub:
         self.announce_limit = announce_limit
         self._by_key: dict[str, Member] = {}
         self._by_skeleton: dict[str, Member] = {}
+        # The server's memory has a bound whatever clients do: at most max_total_rooms
+        # rooms, and history_bytes of history in all, the least recently active room's
+        # history going first.
+        self.max_total_rooms = max_total_rooms
+        self.history_bytes = history_bytes
+        self._remembered = 0  # history bytes held, by history_cost
+        self._by_activity: dict[Room, None] = {}  # rooms with history, least recent first
         self._rooms: dict[str, Room] = {}
         self._room_skeletons: dict[str, Room] = {}  # what each room's name looks like
         self._room(LOBBY)
@@ -426,8 +443,14 @@ class Hub:
             self._room_skeletons.setdefault(nick_skeleton(name), room)
         return room
 
-    def _check_room_name(self, name: str) -> None:
-        """A new room may not look like an existing one (#Iobby beside #lobby)."""
+    def _check_new_room(self, name: str) -> None:
+        """A new room may not look like an existing one (#Iobby beside #lobby), nor exceed
+        the server's room count."""
+        if len(self._rooms) >= self.max_total_rooms:
+            raise ProtocolError(
+                ErrorCode.ROOMS_FULL,
+                f"The server holds {self.max_total_rooms} rooms already; join an existing one.",
+            )
         lookalike = self._room_skeletons.get(nick_skeleton(name))
         if lookalike is not None and room_key(lookalike.name) != room_key(name):
             raise ProtocolError(
@@ -473,6 +496,7 @@ class Hub:
         if room.population or room_key(room.name) == LOBBY:
             return False
         del self._rooms[room_key(room.name)]
+        self._forget_history(room)
         if self._room_skeletons.get(nick_skeleton(room.name)) is room:
             del self._room_skeletons[nick_skeleton(room.name)]
         return True
@@ -493,7 +517,7 @@ class Hub:
             )
         name = validate_room(name)
         if key not in self._rooms:
-            self._check_room_name(name)
+            self._check_new_room(name)
         room = self._room(name)
         self._enter(member, room)
         member.active = room
@@ -586,7 +610,7 @@ class Hub:
         self._said(room, Action(room=room.name, nick=member.nick, text=text))
 
     def _said(self, room: Room, event: Message | Action) -> None:
-        room.history.append(event)
+        self._remember(room, event)
         self.outbox.post(room, event)
         self.backend.publish(event)
 
@@ -630,7 +654,7 @@ class Hub:
             case Message(room=str(name)) | Action(room=str(name)):
                 said_in = self._rooms.get(room_key(name))
                 if said_in is not None:  # the sender's join always arrives first
-                    said_in.history.append(event)
+                    self._remember(said_in, event)
                     self.outbox.post(said_in, event)
             case Join(room=str(name), nick=str(nick)):
                 room = self._room(name)
@@ -690,5 +714,32 @@ class Hub:
         room.topic = room.topic or topic
         known = {event.id for event in room.history}
         merged = [event for event in history if event.id not in known] + list(room.history)
+        self._forget_history(room)
+        for event in sorted(merged, key=lambda event: event.ts):
+            self._remember(room, event)
+
+    # --- history within its global bound ------------------------------------------------
+
+    def _remember(self, room: Room, event: Message | Action) -> None:
+        history = room.history
+        if history.maxlen == 0:
+            return
+        if len(history) == history.maxlen:
+            self._remembered -= history_cost(history[0])  # the deque drops it
+        history.append(event)
+        self._remembered += history_cost(event)
+        self._by_activity.pop(room, None)
+        self._by_activity[room] = None
+        while self._remembered > self.history_bytes:
+            oldest = next(iter(self._by_activity))
+            if oldest is room:  # the only room with history: trim it from its oldest line
+                self._remembered -= history_cost(history.popleft())
+                if not history:
+                    del self._by_activity[room]
+            else:
+                self._forget_history(oldest)
+
+    def _forget_history(self, room: Room) -> None:
+        self._remembered -= sum(history_cost(event) for event in room.history)
         room.history.clear()
-        room.history.extend(sorted(merged, key=lambda event: event.ts))
+        self._by_activity.pop(room, None)

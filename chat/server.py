@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from chat.codecs import JSON, TEXT
 from chat.errors import ErrorCode
-from chat.hub import DEFAULT_ANNOUNCE_LIMIT, DEFAULT_MAX_ROOMS, Backend, Hub
+from chat.hub import (
+    DEFAULT_ANNOUNCE_LIMIT,
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_MAX_ROOMS,
+    DEFAULT_MAX_TOTAL_ROOMS,
+    Backend,
+    Hub,
+)
 from chat.protocol import Bye
 from chat.session import Limits, Session
 
@@ -51,6 +58,8 @@ class ServerConfig:
     history: int = 50
     max_rooms: int = DEFAULT_MAX_ROOMS
     announce_limit: int = DEFAULT_ANNOUNCE_LIMIT
+    max_total_rooms: int = DEFAULT_MAX_TOTAL_ROOMS
+    history_bytes: int = DEFAULT_HISTORY_BYTES
     limits: Limits = field(default_factory=Limits)
     max_clients: int = 10_000
     max_per_ip: int = 16
@@ -83,6 +92,8 @@ class ChatServer:
             history=config.history,
             max_rooms=config.max_rooms,
             announce_limit=config.announce_limit,
+            max_total_rooms=config.max_total_rooms,
+            history_bytes=config.history_bytes,
             backend=backend,
         )
         self._server: asyncio.Server | None = None

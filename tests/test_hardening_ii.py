@@ -177,3 +177,37 @@ async def test_private_flood_is_refused_before_the_victim_is_dropped(
     victim.close()
     for _, writer in senders:
         writer.close()
+
+
+# --- 4. a global bound on memory: rooms and history --------------------------------------
+
+
+async def test_rooms_and_history_have_a_global_bound(start_server: StartServer) -> None:
+    """16 connections x 32 rooms x 50 lines x 2 KB cost +57 MB with no global bound. Now the
+    rooms in all and the history bytes in all are capped, the least recent room's history
+    going first."""
+    budget = 12 * (1000 + 200)  # twelve 1,000-character lines, by history_cost
+    server = await start_server(max_per_ip=0, rate=0, max_total_rooms=4, history_bytes=budget)
+    reader, hoarder = await open_json(server, "hoarder")
+    for room in ("#a", "#b", "#c", "#d"):
+        hoarder.write(json.dumps({"type": "join", "room": room, "id": room}).encode() + b"\n")
+        answer = await until(reader, lambda e, r=room: e.get("re") == r)
+        expected = ("error", "rooms_full") if room == "#d" else ("join", None)
+        assert (answer[-1]["type"], answer[-1].get("code")) == expected, room
+    for room in ("#a", "#b", "#c"):  # #c is said in last
+        for i in range(6):
+            say = {"type": "say", "room": room, "text": f"{room} {i} " + "x" * 994}
+            hoarder.write(json.dumps(say).encode() + b"\n")
+    hoarder.write(b'{"type":"ping","id":"fence"}\n')
+    await until(reader, lambda e: e.get("re") == "fence")
+
+    replayed: dict[str, int] = {}
+    late_reader, late = await open_json(server, "late")
+    for room in ("#a", "#b", "#c"):
+        late.write(json.dumps({"type": "join", "room": room}).encode() + b"\n")
+        late.write(json.dumps({"type": "ping", "id": room}).encode() + b"\n")
+        events = await until(late_reader, lambda e, r=room: e.get("re") == r)
+        replayed[room] = len([e for e in events if e.get("history")])
+    assert replayed == {"#a": 0, "#b": 6, "#c": 6}  # #a, least recently active, went first
+    hoarder.close()
+    late.close()

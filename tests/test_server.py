@@ -1693,6 +1693,8 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--max-per-ip": str(config.max_per_ip),
         "--max-rooms": str(config.max_rooms),
         "--announce-limit": str(config.announce_limit),
+        "--max-total-rooms": str(config.max_total_rooms),
+        "--history-bytes": str(config.history_bytes),
         "--redis": "no cluster, this process is the whole chat",
         "--workers": "1",
         "--node-id": "host-pid-random",

@@ -97,6 +97,7 @@ class ChatServer:
             backend=backend,
         )
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._sessions: set[Session] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[str] = Counter()
@@ -127,15 +128,13 @@ class ChatServer:
         return RedisBackend(settings, history=self.config.history)
 
     async def start(self) -> None:
-        ssl_context = self._ssl_context()
+        self._tls = self._ssl_context()
         if self.cluster is not None:
             await self.cluster.start(self.hub)
         self._server = await asyncio.start_server(
             self._handle,
             self.config.host,
             self.config.port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.config.tls_handshake_timeout if ssl_context else None,
             reuse_address=True,
             backlog=LISTEN_BACKLOG,
             reuse_port=self.config.reuse_port or None,
@@ -143,7 +142,7 @@ class ChatServer:
         log.info(
             "listening on %s%s",
             ", ".join(self.addresses),
-            " (TLS)" if ssl_context else "",
+            " (TLS)" if self._tls else "",
         )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -183,7 +182,7 @@ class ChatServer:
     def _refusal(self, ip: str) -> tuple[ErrorCode, str] | None:
         if self._closing:
             return ErrorCode.SERVER_SHUTDOWN, "The server is shutting down."
-        if len(self._sessions) >= self.config.max_clients:
+        if len(self._handlers) >= self.config.max_clients:
             return ErrorCode.SERVER_FULL, (
                 f"The server is full ({self.config.max_clients} connections); try again later."
             )
@@ -194,30 +193,55 @@ class ChatServer:
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called by asyncio for each accepted connection, in a task of its own."""
+        """Called by asyncio for each accepted connection, in a task of its own.
+
+        A connection counts against ``--max-clients`` and its address's ``--max-per-ip``
+        from accept, before any TLS handshake: stalled handshakes are connections too.
+        """
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else str(peer)
         refusal = self._refusal(ip)
         if refusal is not None:
-            await self._refuse(reader, writer, ip, *refusal)
+            if self._tls is None:
+                await self._refuse(reader, writer, ip, *refusal)
+            else:  # nothing can be said before a handshake, and a handshake costs
+                log.info("refused peer=%s reason=%s (before TLS)", ip, refusal[0])
+                writer.transport.abort()
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            _enable_keepalive(sock, self.config.keepalive_idle)
-        session = Session(reader, writer, self.hub, self.config.limits)
-        self._sessions.add(session)
         self._handlers.add(task)
         self._per_ip[ip] += 1
         try:
-            await session.run()
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                _enable_keepalive(sock, self.config.keepalive_idle)
+            if self._tls is not None and not await self._handshake(writer, ip):
+                return
+            session = Session(reader, writer, self.hub, self.config.limits)
+            self._sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._sessions.discard(session)
         finally:
-            self._sessions.discard(session)
             self._handlers.discard(task)
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
+
+    async def _handshake(self, writer: asyncio.StreamWriter, ip: str) -> bool:
+        """Upgrade an accepted connection to TLS, within ``tls_handshake_timeout``."""
+        assert self._tls is not None
+        try:
+            await writer.start_tls(
+                self._tls, ssl_handshake_timeout=self.config.tls_handshake_timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake failed peer=%s: %s", ip, exc or type(exc).__name__)
+            writer.transport.abort()
+            return False
+        return True
 
     async def _refuse(
         self,

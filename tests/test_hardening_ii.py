@@ -6,14 +6,18 @@ Each test reproduces an attack on loopback, bounded in lines and time, and asser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import ssl
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from chat.protocol import MAX_COMBINING
 from chat.server import ChatServer
 from tests.conftest import StartServer
+from tests.helpers import make_certificate
 
 WAIT = 10.0
 
@@ -211,3 +215,42 @@ async def test_rooms_and_history_have_a_global_bound(start_server: StartServer) 
     assert replayed == {"#a": 0, "#b": 6, "#c": 6}  # #a, least recently active, went first
     hoarder.close()
     late.close()
+
+
+# --- 5. TLS handshakes count against their address from accept ---------------------------
+
+
+async def test_stalled_tls_handshakes_count_against_their_address(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """600 stalled handshakes from one address exhausted the server's descriptors, because
+    the per-address limit applied only once a handshake completed."""
+    cert, key = make_certificate(tmp_path)
+    server = await start_server(tls_cert=str(cert), tls_key=str(key), max_per_ip=4)
+    stalled = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(12)]
+    reads = [asyncio.ensure_future(reader.read(1)) for reader, _ in stalled]
+    closed = 0
+    async with asyncio.timeout(WAIT):  # beyond the 4 allowed, each is closed, unanswered
+        for read in asyncio.as_completed(reads):
+            with contextlib.suppress(ConnectionResetError):
+                assert await read == b""
+            closed += 1
+            if closed == 8:
+                break
+    # Someone else, at another address, still gets in.
+    context = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1",
+        server.port,
+        ssl=context,
+        server_hostname="localhost",
+        local_addr=("127.0.0.2", 0),
+    )
+    writer.write(b'{"type":"hello","nick":"real"}\n')
+    await until(reader, lambda e: e["type"] == "welcome")
+    assert sum(not read.done() for read in reads) == 4  # the 4 the address may hold
+    writer.close()
+    for read in reads:
+        read.cancel()
+    for _, stalled_writer in stalled:
+        stalled_writer.close()

@@ -13,9 +13,13 @@ away, give them ``shutdown_grace`` seconds to flush, then drop whatever is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import resource
 import socket
 import ssl
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -74,6 +78,48 @@ class ServerConfig:
     redis_prefix: str = "chat:"
 
 
+# Descriptors a server needs besides its clients: listening sockets, the event loop, logs,
+# the cluster's connections, a refused client's moment.
+DESCRIPTOR_RESERVE = 64
+_last_out_of_descriptors = 0.0
+
+
+def fit_descriptors(wanted: int) -> int:
+    """Raise the soft limit on open files to the hard limit, and return how many clients
+    fit in it: ``wanted``, or fewer (with a warning) if the descriptors cannot hold them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY or wanted + DESCRIPTOR_RESERVE <= soft:
+        return wanted
+    fitted = max(1, soft - DESCRIPTOR_RESERVE)
+    log.warning(
+        "only %d open files allowed (ulimit -n): --max-clients lowered from %d to %d",
+        soft,
+        wanted,
+        fitted,
+    )
+    return fitted
+
+
+def _quiet_when_out_of_descriptors(
+    loop: asyncio.AbstractEventLoop, context: dict[str, object]
+) -> None:
+    """Say that descriptors ran out at most once a second (asyncio would log each failed
+    accept with a traceback); everything else goes to the default handler."""
+    global _last_out_of_descriptors  # noqa: PLW0603 - one process, one log line a second
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        now = time.monotonic()
+        if now - _last_out_of_descriptors >= 1.0:
+            _last_out_of_descriptors = now
+            log.error("out of file descriptors: new connections wait (%s)", exc.strerror)
+        return
+    loop.default_exception_handler(context)
+
+
 def _enable_keepalive(sock: socket.socket, idle: int) -> None:
     """Let the kernel notice peers that vanished without a FIN (half-open connections)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -98,6 +144,7 @@ class ChatServer:
         )
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
+        self.max_clients = config.max_clients  # lowered at start if descriptors are short
         self._sessions: set[Session] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[str] = Counter()
@@ -129,6 +176,8 @@ class ChatServer:
 
     async def start(self) -> None:
         self._tls = self._ssl_context()
+        self.max_clients = fit_descriptors(self.config.max_clients)
+        asyncio.get_running_loop().set_exception_handler(_quiet_when_out_of_descriptors)
         if self.cluster is not None:
             await self.cluster.start(self.hub)
         self._server = await asyncio.start_server(
@@ -182,9 +231,9 @@ class ChatServer:
     def _refusal(self, ip: str) -> tuple[ErrorCode, str] | None:
         if self._closing:
             return ErrorCode.SERVER_SHUTDOWN, "The server is shutting down."
-        if len(self._handlers) >= self.config.max_clients:
+        if len(self._handlers) >= self.max_clients:
             return ErrorCode.SERVER_FULL, (
-                f"The server is full ({self.config.max_clients} connections); try again later."
+                f"The server is full ({self.max_clients} connections); try again later."
             )
         if self.config.max_per_ip and self._per_ip[ip] >= self.config.max_per_ip:
             return ErrorCode.TOO_MANY_CONNECTIONS, (

@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import resource
 import socket
 import ssl
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 from chat.protocol import MAX_COMBINING
-from chat.server import ChatServer
+from chat.server import DESCRIPTOR_RESERVE, ChatServer
 from tests.conftest import StartServer
 from tests.helpers import make_certificate
 
@@ -254,3 +257,55 @@ async def test_stalled_tls_handshakes_count_against_their_address(
         read.cancel()
     for _, stalled_writer in stalled:
         stalled_writer.close()
+
+
+# --- 6. out of descriptors ---------------------------------------------------------------
+
+
+async def test_max_clients_is_fitted_to_the_descriptor_limit() -> None:
+    """Above the descriptor limit uvloop gave new users a silent EOF and asyncio logged a
+    traceback per attempt. The server now fits --max-clients to its limit at start, so it
+    refuses (server_full) before it runs out, and keeps serving whom it has."""
+    limit = 160
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chat",
+        "--host=127.0.0.1",
+        "--port=0",
+        "--max-clients=1000",
+        "--max-per-ip=0",
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=low_limit,
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    async with asyncio.timeout(WAIT):
+        while not (port := re.search(r"listening on 127\.0\.0\.1:(\d+)", "".join(log[-1:]))):
+            log.append((await proc.stderr.readline()).decode())
+    fitted = limit - DESCRIPTOR_RESERVE
+    assert f"--max-clients lowered from 1000 to {fitted}" in "".join(log)
+    try:
+        held = []
+        for _ in range(fitted):
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(port.group(1)))
+            held.append((reader, writer))
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(port.group(1)))
+        writer.write(b"x\n")
+        async with asyncio.timeout(WAIT):
+            refusal = await reader.read()
+        assert b"The server is full" in refusal
+        writer.close()
+        first_reader, first = held[0]  # those it holds are still served
+        first.write(b'{"type":"hello","nick":"still"}\n')
+        await until(first_reader, lambda e: e["type"] == "welcome")
+        for _, writer in held:
+            writer.close()
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(WAIT):
+            await proc.wait()

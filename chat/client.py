@@ -368,9 +368,10 @@ class Connection:
         assert isinstance(answer, Who)
         return answer.members
 
-    async def rooms(self) -> tuple[RoomInfo, ...]:
-        """Every room on the server with its member count and topic, sorted by name."""
-        answer = await self._query(RoomsCommand(), consume=True)
+    async def rooms(self, match: str | None = None, offset: int = 0) -> tuple[RoomInfo, ...]:
+        """A page of the rooms (at most 100), largest first, with member counts and topics:
+        those whose name or topic contains ``match``, from the ``offset``-th on."""
+        answer = await self._query(RoomsCommand(offset, match), consume=True)
         assert isinstance(answer, RoomList)
         return answer.rooms
 

@@ -25,6 +25,7 @@ parameter: ``/join python``, ``/who python``); where text may follow an optional
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Final
@@ -113,7 +114,10 @@ class PartCommand:
 
 @dataclass(frozen=True, slots=True)
 class RoomsCommand:
-    pass
+    """A page of the room list: rooms matching ``match``, largest first, from ``offset``."""
+
+    offset: int = 0
+    match: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +195,7 @@ class Kind(Enum):
     TEXT = "text"  # the rest of the line; must not be blank when required
     REASON = "reason"  # the rest of the line, optional, cut to REASON_MAX
     TOPIC = "topic"  # the rest of the line; TOPIC_CLEAR (text) or "" (JSON) clears
+    OFFSET = "offset"  # where a page starts: "+N" typed, a number (or "+N") in JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +213,7 @@ class Param:
             Kind.TEXT: "text",
             Kind.REASON: "reason",
             Kind.TOPIC: "text",
+            Kind.OFFSET: "+N",
         }.get(self.kind, self.name)
         return shown if self.required else f"[{shown}]"
 
@@ -249,7 +255,12 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         (_ROOM_OPT, Param("reason", Kind.REASON, required=False)),
     ),
     CommandSpec(
-        "rooms", RoomsCommand, "List the rooms with their member counts and topics.", (), ("list",)
+        "rooms",
+        RoomsCommand,
+        "List the rooms, largest first, with member counts and topics: those whose name or "
+        "topic contains text, from the N-th on.",
+        (Param("offset", Kind.OFFSET, required=False), Param("match", Kind.TEXT, required=False)),
+        aliases=("list",),
     ),
     CommandSpec(
         "who",
@@ -403,11 +414,23 @@ def _check(spec: CommandSpec, param: Param, value: str | None) -> str | None:
             return value.strip()[:REASON_MAX]
         case Kind.TOPIC:
             return value.strip()
+        case Kind.OFFSET:
+            if _OFFSET_RE.fullmatch(value.strip()) is None:
+                raise _usage_error(spec)
+            return value.strip().lstrip("+")
     raise AssertionError(param.kind)
 
 
+_OFFSET_RE: Final = re.compile(r"\+?[0-9]{1,9}")
+
+
 def _build(spec: CommandSpec, values: dict[str, str | None]) -> Command:
-    return spec.cls(**{name: value for name, value in values.items() if value is not None})
+    kwargs: dict[str, Any] = {}  # typed by the table: each Param matches its field
+    for param in spec.params:
+        value = values.get(param.name)
+        if value is not None:
+            kwargs[param.name] = int(value) if param.kind is Kind.OFFSET else value
+    return spec.cls(**kwargs)
 
 
 # --- the text dialect ----------------------------------------------------------------------
@@ -419,9 +442,11 @@ def parse_text_arguments(spec: CommandSpec, args: str) -> Command:
     values: dict[str, str | None] = {}
     last = len(spec.params) - 1
     for index, param in enumerate(spec.params):
-        if index < last and param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME):
+        if index < last and param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME, Kind.OFFSET):
             if param.kind is Kind.ROOM and not param.required and not rest.startswith("#"):
                 continue  # text may follow an optional room: only a '#word' is a room
+            if param.kind is Kind.OFFSET and not rest.startswith("+"):
+                continue  # likewise an optional offset: only a '+N' word is one
             word, _, rest = rest.partition(" ")
             values[param.name] = _check(spec, param, word or None)
             rest = rest.strip()
@@ -477,6 +502,8 @@ def _string_field(obj: dict[str, Any], key: str, command: str | None) -> str | N
     value = obj.get(key)
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and key == "offset":
+        return str(value) if value >= 0 else "-"  # a negative offset fails its check
     if not isinstance(value, str):
         raise ProtocolError(
             ErrorCode.BAD_ARGUMENTS, f"Field {key!r} must be a string.", command=command

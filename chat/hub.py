@@ -81,6 +81,10 @@ DEFAULT_MAX_ROOMS = 32
 DEFAULT_ANNOUNCE_LIMIT = 100
 DEFAULT_MAX_TOTAL_ROOMS = 10_000
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
+ROOMS_PAGE = 100  # rooms in one answer to /rooms
+# Above this many rooms, the sorted room list is rebuilt at most once a second: a client
+# asking for /rooms in a loop while rooms churn cannot make the server sort all day.
+LISTING_CHEAP = 1000
 # What one line of history costs beyond its text: the event object, its id and its strings.
 LINE_OVERHEAD = 200
 
@@ -305,6 +309,10 @@ class Hub:
         self._remembered = 0  # history bytes held, by history_cost
         self._by_activity: dict[Room, None] = {}  # rooms with history, least recent first
         self._rooms: dict[str, Room] = {}
+        self._listing: list[RoomInfo] = []  # every room, largest first (see _room_list)
+        self._listing_at = float("-inf")  # loop time it was built
+        self._listing_dirty = True
+        self._matches: dict[str, list[RoomInfo]] = {}  # filter -> its rooms, of _listing
         self._room_skeletons: dict[str, Room] = {}  # what each room's name looks like
         self._room(LOBBY)
 
@@ -324,8 +332,8 @@ class Hub:
                 self.join(member, room, re)
             case PartCommand(room=room, reason=reason):
                 self.part(member, room, reason, re)
-            case RoomsCommand():
-                self.rooms(member, re)
+            case RoomsCommand(offset=offset, match=match):
+                self.rooms(member, offset, match, re)
             case WhoCommand(room=room):
                 self.who(member, room, re)
             case TopicCommand(room=room, text=text):
@@ -484,11 +492,13 @@ class Hub:
         self.outbox.flush()
         room.members[member] = None
         member.rooms[room_key(room.name)] = room
+        self._listing_dirty = True
 
     def _leave(self, member: Member, room: Room) -> None:
         self.outbox.flush()  # as in _enter: what was posted before reaches who was there
         del member.rooms[room_key(room.name)]
         del room.members[member]
+        self._listing_dirty = True
         if self._drop_if_empty(room):
             self.backend.forget_room(room.name)
 
@@ -562,10 +572,44 @@ class Hub:
                 )
             self.tell(member, notice, request)
 
-    def rooms(self, member: Member, request: str | None = None) -> None:
-        listing = sorted(self._rooms.values(), key=lambda r: room_key(r.name))
-        answer = RoomList(rooms=tuple(RoomInfo(r.name, r.population, r.topic) for r in listing))
-        self.tell(member, answer, request)
+    def rooms(
+        self,
+        member: Member,
+        offset: int = 0,
+        match: str | None = None,
+        request: str | None = None,
+    ) -> None:
+        """One page of the rooms matching ``match`` (in name or topic), largest first."""
+        found = self._room_list(match.strip().lower() if match else "")
+        page = tuple(found[offset : offset + ROOMS_PAGE])
+        self.tell(member, RoomList(rooms=page, total=len(found), offset=offset), request)
+
+    def _room_list(self, match: str) -> list[RoomInfo]:
+        """The sorted room list (and its filtered views), rebuilt only when a room changed,
+        and with many rooms at most once a second."""
+        now = asyncio.get_running_loop().time()
+        if self._listing_dirty and (
+            len(self._rooms) <= LISTING_CHEAP or now - self._listing_at >= 1.0
+        ):
+            self._listing = sorted(
+                (RoomInfo(r.name, r.population, r.topic) for r in self._rooms.values()),
+                key=lambda info: (-info.members, room_key(info.room)),
+            )
+            self._listing_at = now
+            self._listing_dirty = False
+            self._matches.clear()
+        if not match:
+            return self._listing
+        found = self._matches.get(match)
+        if found is None:
+            if len(self._matches) >= 64:
+                self._matches.clear()
+            found = self._matches[match] = [
+                info
+                for info in self._listing
+                if match in info.room.lower() or match in info.topic.lower()
+            ]
+        return found
 
     def _who(self, room: Room) -> Who:
         nicks = sorted([m.nick for m in room.members] + list(room.remote.values()), key=nick_key)
@@ -590,6 +634,7 @@ class Hub:
                 f"Topic is too long ({len(text)} characters, at most {TOPIC_MAX}).",
             )
         room.topic = text
+        self._listing_dirty = True
         event = Topic(room=room.name, nick=member.nick, text=text)
         self.outbox.deliver([m for m in room.members if m is not member], event)
         self.tell(member, event, request)
@@ -662,6 +707,7 @@ class Hub:
                     return
                 self.outbox.flush()  # the room's population changes: see _enter
                 room.remote[nick_key(nick)] = nick
+                self._listing_dirty = True
                 if not self._quiet(room):
                     self.outbox.deliver(room.members, event)
             case Part(room=str(name), nick=str(nick)):
@@ -672,6 +718,7 @@ class Hub:
                     self.outbox.deliver(left.members, event)
                 self.outbox.flush()
                 del left.remote[nick_key(nick)]
+                self._listing_dirty = True
                 self._drop_if_empty(left)
             case Quit(nick=str(nick)):
                 known = [r for r in self._known(rooms) if nick_key(nick) in r.remote]
@@ -680,6 +727,7 @@ class Hub:
                 for room in known:
                     del room.remote[nick_key(nick)]
                     self._drop_if_empty(room)
+                self._listing_dirty = True
             case Nick(nick=str(old), new_nick=new):
                 known = [r for r in self._known(rooms) if nick_key(old) in r.remote]
                 for room in known:
@@ -690,6 +738,7 @@ class Hub:
                 titled = self._rooms.get(room_key(name))
                 if titled is not None:
                     titled.topic = event.text
+                    self._listing_dirty = True
                     self.outbox.deliver(titled.members, event)
             case Private(target=target):
                 member = self._by_key.get(nick_key(target))
@@ -712,6 +761,7 @@ class Hub:
         if room is None:
             return
         room.topic = room.topic or topic
+        self._listing_dirty = True
         known = {event.id for event in room.history}
         merged = [event for event in history if event.id not in known] + list(room.history)
         self._forget_history(room)

@@ -551,17 +551,31 @@ class RoomInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomList(Event):
-    """Answer to ``/rooms``."""
+    """Answer to ``/rooms``: one page of the matching rooms, largest first.
+
+    ``total`` rooms matched; this page holds ``rooms`` from the ``offset``-th on.
+    """
 
     type: ClassVar[str] = "rooms"
     rooms: tuple[RoomInfo, ...] = ()
+    total: int = 0
+    offset: int = 0
 
     def as_text(self) -> str:
-        lines = [f"*** {len(self.rooms)} room{'s' if len(self.rooms) != 1 else ''}:"]
+        total = max(self.total, self.offset + len(self.rooms))
+        count = f"{total} room{'s' if total != 1 else ''}"
+        if self.offset == 0 and len(self.rooms) == total:
+            lines = [f"*** {count}:"]
+        else:
+            last = self.offset + len(self.rooms)
+            lines = [f"*** {count}, largest first; {self.offset + 1}-{last} here:"]
         for info in self.rooms:
             topic = f": {info.topic}" if info.topic else ""
             people = "member" if info.members == 1 else "members"
             lines.append(f"***   {info.room} ({info.members} {people}){topic}")
+        next_page = self.offset + len(self.rooms)
+        if next_page < total:
+            lines.append(f"*** {total - next_page} more: /rooms +{next_page} [text]")
         return "\r\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:

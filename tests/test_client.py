@@ -47,9 +47,8 @@ from chat.protocol import (
     Welcome,
     Who,
 )
-from chat.server import ChatServer, ServerConfig
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient, make_certificate
+from chat.server import ChatServer
+from tests.harness import WAIT, JsonClient, StartServer, eventually
 
 E = TypeVar("E", bound=Event)
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -72,12 +71,6 @@ async def drain(conn: Connection) -> list[Event]:
     """Every event until the iterator ends; fails if it does not end in time."""
     async with asyncio.timeout(WAIT):
         return [event async for event in conn]
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not check():  # noqa: ASYNC110 - polling state with a deadline
-            await asyncio.sleep(0.01)
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -262,10 +255,12 @@ async def test_who_rooms_and_topic(start_server: StartServer) -> None:
         assert await conn.who() == ("alice", "bob")
         assert await conn.who("#lobby") == ("alice", "bob")
         await conn.join("#dev")
-        assert await conn.rooms() == (
-            RoomInfo("#dev", 1, ""),
+        assert await conn.rooms() == (  # largest first
             RoomInfo("#lobby", 2, ""),
+            RoomInfo("#dev", 1, ""),
         )
+        assert await conn.rooms("dev") == (RoomInfo("#dev", 1, ""),)
+        assert await conn.rooms(offset=1) == (RoomInfo("#dev", 1, ""),)
         assert await conn.topic("#dev") == ""
         assert await conn.topic("#dev", "  release on Friday ") == "release on Friday"
         assert await conn.topic("#dev") == "release on Friday"
@@ -504,27 +499,9 @@ async def test_silent_server_times_out_registration(fakes: list[asyncio.Server])
 
 # --- reconnecting --------------------------------------------------------------------------------
 
-StartOnPort = Callable[[int], Awaitable[ChatServer]]
-
-
-@pytest.fixture
-async def start_on_port() -> AsyncIterator[StartOnPort]:
-    """Start a server on a given port (a restart); conftest's start_server always picks one."""
-    servers: list[ChatServer] = []
-
-    async def start(port: int) -> ChatServer:
-        server = ChatServer(ServerConfig(host="127.0.0.1", port=port, max_per_ip=0))
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
-
 
 async def test_reconnects_after_a_restart_with_the_same_nick_and_rooms(
-    start_server: StartServer, start_on_port: StartOnPort
+    start_server: StartServer,
 ) -> None:
     server = await start_server(max_per_ip=0, shutdown_grace=1.0)
     port = server.port
@@ -551,7 +528,7 @@ async def test_reconnects_after_a_restart_with_the_same_nick_and_rooms(
     assert isinstance(retries[-1][2], ConnectionLost)
     assert "refused" in str(retries[-1][2])
     assert [attempt for attempt, _, _ in retries[:2]] == [1, 2]
-    await start_on_port(port)
+    await start_server(port=port, max_per_ip=0)  # a restart on the same port
     async with asyncio.timeout(WAIT):
         second = await reconnect
     assert second is not first
@@ -576,7 +553,7 @@ async def test_reconnect_loop_raises_if_the_first_attempt_fails(start_server: St
 
 
 async def test_retry_initial_waits_for_the_server(
-    start_server: StartServer, start_on_port: StartOnPort
+    start_server: StartServer,
 ) -> None:
     server = await start_server()
     port = server.port
@@ -592,7 +569,7 @@ async def test_retry_initial_waits_for_the_server(
     first = asyncio.ensure_future(anext(aiter(connections)))
     async with asyncio.timeout(WAIT):
         await retried.wait()
-    await start_on_port(port)
+    await start_server(port=port, max_per_ip=0)  # a restart on the same port
     async with asyncio.timeout(WAIT):
         conn = await first
     assert await conn.who() == ("alice",)
@@ -608,11 +585,6 @@ async def test_breaking_out_of_the_loop_closes_the_connection(server: ChatServer
 
 
 # --- TLS -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ POOL: dict[Kind, tuple[str | None, ...]] = {
     Kind.TEXT: ("hello there", None),
     Kind.REASON: ("gone fishing", None),
     Kind.TOPIC: ("new topic", "", None),
+    Kind.OFFSET: ("+100", "+x", None),
 }
 
 Outcome = tuple[str, Any]

@@ -17,6 +17,10 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from chat.codecs import JSON
+from chat.commands import Request, RoomsCommand
+from chat.errors import ErrorCode
+from chat.hub import Hub
 from chat.protocol import MAX_COMBINING
 from chat.server import DESCRIPTOR_RESERVE, ChatServer
 from tests.conftest import StartServer
@@ -309,3 +313,54 @@ async def test_max_clients_is_fitted_to_the_descriptor_limit() -> None:
         proc.terminate()
         async with asyncio.timeout(WAIT):
             await proc.wait()
+
+
+# --- 2. /rooms at scale --------------------------------------------------------------------
+
+
+class SilentPeer:
+    """A peer that keeps only the last JSON line it was sent."""
+
+    codec = JSON
+    busy = False
+
+    def __init__(self) -> None:
+        self.last = b""
+
+    def push(self, data: bytes) -> None:
+        self.last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+
+    def close(self, code: ErrorCode, text: str) -> None:
+        raise AssertionError("not closed in this test")
+
+
+async def test_rooms_answers_are_bounded_filtered_paged_and_cached() -> None:
+    """With 10,240 rooms of 300-character topics one /rooms answer was 3.26 MB (4.3 MB in
+    JSON, past what chat-client accepts), rebuilt and re-sorted on every request."""
+    hub = Hub(max_rooms=20_000, max_total_rooms=20_000)
+    peer = SilentPeer()
+    member = await hub.register(peer, "lister")
+    for number in range(10_240):
+        hub.join(member, f"#room{number}")
+        hub.topic(member, None, f"topic {number} " + "t" * 280)
+    hub.outbox.flush()
+
+    async def ask(offset: int = 0, match: str | None = None) -> dict[str, Any]:
+        await hub.execute(member, Request(RoomsCommand(offset, match), "r"))
+        hub.outbox.flush()
+        answer: dict[str, Any] = json.loads(peer.last)
+        assert answer["re"] == "r"
+        return answer
+
+    first = await ask()
+    assert len(peer.last) < 64 * 1024  # far under the client library's line limit
+    assert (len(first["rooms"]), first["total"], first["offset"]) == (100, 10_241, 0)
+    built = hub._listing
+    again = await ask(offset=10_200)
+    assert hub._listing is built  # nothing changed: the sorted list was not rebuilt
+    assert (len(again["rooms"]), again["offset"]) == (41, 10_200)
+    found = await ask(match="TOPIC 1234 ")
+    assert [r["room"] for r in found["rooms"]] == ["#room1234"]
+    assert found["total"] == 1
+    named = await ask(match="room999")
+    assert {r["room"] for r in named["rooms"]} == {"#room999", *(f"#room999{d}" for d in range(10))}

@@ -1457,7 +1457,9 @@ def extra_fields(text: SearchStrategy[str]) -> dict[type[Event], dict[str, Searc
                     topic=text,
                 ),
                 max_size=5,
-            ).map(tuple)
+            ).map(tuple),
+            "total": st.integers(min_value=0, max_value=10**6),
+            "offset": st.integers(min_value=0, max_value=10**6),
         },
         Who: {"members": st.lists(text, max_size=8).map(tuple)},
         Error: {"code": codes, "command": st.none() | text},

@@ -632,8 +632,8 @@ async def test_text_rooms(chat: ChatServer) -> None:
     await next_is(alice, "[#dev] *** alice set the topic: Dev talk")
 
     await bob.send("/rooms")
-    await next_is(
-        bob, "*** 2 rooms:", "***   #dev (1 member): Dev talk", "***   #lobby (2 members)"
+    await next_is(  # largest first (issue 10)
+        bob, "*** 2 rooms:", "***   #lobby (2 members)", "***   #dev (1 member): Dev talk"
     )
     await bob.send("/join #dev")
     await wait_for(bob, "[#dev] *** 2 in #dev: alice, bob")
@@ -662,10 +662,11 @@ async def test_json_rooms(chat: ChatServer) -> None:
     await alice.call({"type": "topic", "text": "Dev talk"}, "topic", nick="alice")
     await bob.send({"type": "rooms"})
     await bob.expect("rooms")
-    assert bob.objects[-1]["rooms"] == [
-        {"room": "#dev", "members": 1, "topic": "Dev talk"},
+    assert bob.objects[-1]["rooms"] == [  # largest first (issue 10)
         {"room": "#lobby", "members": 2, "topic": ""},
+        {"room": "#dev", "members": 1, "topic": "Dev talk"},
     ]
+    assert (bob.objects[-1]["total"], bob.objects[-1]["offset"]) == (2, 0)
     await alice.close()
     await bob.close()
 
@@ -1026,7 +1027,7 @@ async def test_text_help(chat: ChatServer) -> None:
     await alice.send("/help /MSG")
     await next_is(alice, "*** /msg nick text: Send a private message that only nick sees.")
     await alice.send("/help list")
-    await next_is(alice, "*** /rooms: List the rooms with their member counts and topics.")
+    await next_is(alice, f"*** /rooms [+N] [text]: {lookup('rooms', typed=True).help}")
     await alice.send("/help frob")
     await next_is(alice, "!!! No command /frob; type /help for the list.")
     await roundtrip(alice, "after-help")

@@ -7,16 +7,13 @@ benchmarks/run.py and published in docs/performance.md, never by the test suite.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness import SyncServerProcess, program, server_process
 
 WAIT = 30.0
 
@@ -46,76 +43,38 @@ FANOUT_KEYS = {
 }
 
 
-def _command(name: str, module: str) -> list[str]:
-    """The console script next to this Python, or the module when it is not installed."""
-    script = Path(sys.executable).with_name(name)
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
-class RunningServer:
-    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
-        self.process = process
-        self.port = port
-
-
 @pytest.fixture(scope="module")
-def chat_server() -> Iterator[RunningServer]:
+def chat_server() -> Iterator[SyncServerProcess]:
     yield from _start_server()
 
 
 @pytest.fixture(scope="module")
-def second_server() -> Iterator[RunningServer]:
+def second_server() -> Iterator[SyncServerProcess]:
     yield from _start_server()
 
 
-def _start_server() -> Iterator[RunningServer]:
+def _start_server() -> Iterator[SyncServerProcess]:
     """``chat-server --port 0`` in a subprocess; the port is read from its log line."""
-    process = subprocess.Popen(
-        [
-            *_command("chat-server", "chat.cli"),
-            "--host=127.0.0.1",
-            "--port=0",
-            "--log-level=info",
-            "--rate=0",  # chat-bench sends flat out; flood control would refuse lines
-            "--max-per-ip=0",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        deadline = time.monotonic() + WAIT
-        port = 0
-        while not port and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            if found := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                port = int(found.group(1))
-        assert port, "chat-server did not say where it listens"
-        # Keep reading its log so a full pipe never blocks the server.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield RunningServer(process, port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with server_process(
+        "--log-level=info",
+        "--rate=0",  # chat-bench sends flat out; flood control would refuse lines
+        "--max-per-ip=0",
+        timeout=WAIT,
+    ) as server:
+        yield server
 
 
-def bench(server: RunningServer, *args: str, also: RunningServer | None = None) -> dict[str, Any]:
+def bench(
+    server: SyncServerProcess, *args: str, also: SyncServerProcess | None = None
+) -> dict[str, Any]:
     """Run chat-bench against ``server`` (and ``also``: the clients alternate between them)."""
     servers = [server] if also is None else [server, also]
     done = subprocess.run(
         [
-            *_command("chat-bench", "chat.bench"),
+            *program("chat-bench", "chat.bench"),
             *args,
             f"--port={','.join(str(s.port) for s in servers)}",
-            f"--server-pid={','.join(str(s.process.pid) for s in servers)}",
+            f"--server-pid={','.join(str(s.proc.pid) for s in servers)}",
             "--register-timeout=10",
             "--drain-timeout=10",
         ],
@@ -132,7 +91,7 @@ def bench(server: RunningServer, *args: str, also: RunningServer | None = None) 
     return summary
 
 
-def test_fanout_summary(chat_server: RunningServer) -> None:
+def test_fanout_summary(chat_server: SyncServerProcess) -> None:
     summary = bench(chat_server, "fanout", "--clients=5", "--duration=1", "--window=200")
     assert summary.keys() >= FANOUT_KEYS
     assert summary["scenario"] == "fanout"
@@ -148,14 +107,14 @@ def test_fanout_summary(chat_server: RunningServer) -> None:
     assert summary["server_rss_kib_before"] > 0
 
 
-def test_fanout_at_a_rate(chat_server: RunningServer) -> None:
+def test_fanout_at_a_rate(chat_server: SyncServerProcess) -> None:
     summary = bench(chat_server, "fanout", "--clients=5", "--duration=1", "--rate=50")
     assert summary["rate"] == 50
     assert 0 < summary["sent"] <= 60  # paced: about 50 in 1 s, never more
     assert summary["loss"] == 0
 
 
-def test_conns_summary(chat_server: RunningServer) -> None:
+def test_conns_summary(chat_server: SyncServerProcess) -> None:
     summary = bench(chat_server, "conns", "--clients=20", "--settle=0.1")
     assert summary["scenario"] == "conns"
     assert summary["connected"] == summary["held"] == 20
@@ -165,7 +124,7 @@ def test_conns_summary(chat_server: RunningServer) -> None:
     assert {"server_rss_kib_before", "server_rss_kib_after", "server_kib_per_conn"} <= set(summary)
 
 
-def test_slow_summary(chat_server: RunningServer) -> None:
+def test_slow_summary(chat_server: SyncServerProcess) -> None:
     summary = bench(
         chat_server, "slow", "--clients=6", "--slow=1", "--rate=50", "--duration=1", "--size=100"
     )
@@ -191,19 +150,19 @@ def test_ports_and_pids_take_lists() -> None:
 
 
 def test_clients_alternate_between_ports(
-    chat_server: RunningServer, second_server: RunningServer
+    chat_server: SyncServerProcess, second_server: SyncServerProcess
 ) -> None:
     summary = bench(chat_server, "conns", "--clients=6", "--settle=0.1", also=second_server)
     assert summary["ports"] == [chat_server.port, second_server.port]
     assert summary["connected"] == summary["held"] == 6
     assert summary["errors"] == 0
     assert set(summary["server_cpu_each"]) == {
-        str(chat_server.process.pid),
-        str(second_server.process.pid),
+        str(chat_server.proc.pid),
+        str(second_server.proc.pid),
     }
 
 
-def test_fanout_over_two_ports_splits_latency(chat_server: RunningServer) -> None:
+def test_fanout_over_two_ports_splits_latency(chat_server: SyncServerProcess) -> None:
     # The same server twice: one room, so every message still reaches everyone, and the
     # probes tell "same port" from "other port" senders apart.
     summary = bench(

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +16,12 @@ from pathlib import Path
 import pytest
 
 from chat.server import ChatServer
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient
+from tests.harness import WAIT, JsonClient, StartServer, program, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def program(name: str, module: str) -> list[str]:
-    """The installed console script next to this Python, else ``python -m module``."""
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
 CLIENT = program("chat-client", "chat.tui")
-SERVER = program("chat-server", "chat")
 
 
 def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -241,30 +232,8 @@ class Tmux:
 @pytest.fixture
 def chat_server() -> Iterator[int]:
     """A real ``chat-server`` process on a free port (read from its log); yields the port."""
-    process = subprocess.Popen(
-        [*SERVER, "--host", "127.0.0.1", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    log = process.stderr
-    # Once the port is known, keep reading the log so that a full pipe never blocks the server.
-    drain = threading.Thread(target=log.read, daemon=True)
-    try:
-        for line in log:
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                break
-        else:
-            pytest.fail("chat-server did not start")
-        drain.start()
-        yield int(found.group(1))
-    finally:
-        process.terminate()
-        process.wait(timeout=WAIT)
-        if drain.is_alive():
-            drain.join(timeout=WAIT)  # EOF now that the server has exited
-        log.close()
+    with server_process() as server:
+        yield server.port
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (CI installs it)")

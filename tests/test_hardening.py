@@ -24,7 +24,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,30 +34,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.protocol import Event, FrameError, LineFramer, parse_event
-from chat.server import ChatServer, ServerConfig
-from chat.session import Limits
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient, LineClient, make_certificate
+from chat.server import ChatServer
+from tests.harness import WAIT, JsonClient, LineClient, StartServer, eventually, server_config
 
 # --- small tools ----------------------------------------------------------------------------
-
-
-async def eventually(
-    condition: Callable[[], bool],
-    what: str | Callable[[], str],
-    within: float = WAIT,
-    interval: float = 0.01,
-) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        if condition():
-            return
-        if loop.time() > deadline:
-            said = what if isinstance(what, str) else what()
-            raise AssertionError(f"timed out after {within}s waiting for {said}")
-        await asyncio.sleep(interval)
 
 
 def open_fd_count() -> int:
@@ -1044,18 +1024,15 @@ def _leaves(exc: BaseException | None) -> Iterable[BaseException]:
 
 
 @pytest.fixture
-async def tls_files(tmp_path: Path) -> tuple[str, str]:
-    """A self-signed certificate for localhost and 127.0.0.1, made now."""
-    cert, key = make_certificate(tmp_path)
+def tls_files(certificate: tuple[Path, Path]) -> tuple[str, str]:
+    """The harness's self-signed certificate for localhost and 127.0.0.1, as strings."""
+    cert, key = certificate
     return str(cert), str(key)
 
 
 async def tls_client(port: int, cafile: str) -> LineClient:
     context = ssl.create_default_context(cafile=cafile)  # verifies chain and host name
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="localhost"
-    )
-    return LineClient(reader, writer)
+    return await LineClient.connect(port, ssl=context, server_hostname="localhost")
 
 
 async def test_tls_clients_register_and_chat(
@@ -1255,8 +1232,7 @@ async def run_fuzzer(port: int, nick: str, script: FuzzScript) -> None:
 
 def test_fuzzing_clients_do_not_disturb_a_healthy_conversation() -> None:
     """Random bytes and random commands from many clients; then the invariants hold."""
-    limits = Limits(max_line=256, rate=200, burst=400)
-    config = ServerConfig(host="127.0.0.1", port=0, limits=limits, max_per_ip=0)
+    config = server_config(max_line=256, rate=200, burst=400, max_per_ip=0)
     with asyncio.Runner() as runner:
         server = ChatServer(config)
         runner.run(server.start())

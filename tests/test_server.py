@@ -1,6 +1,11 @@
 """Integration tests over real sockets: registration, every command in both dialects, room
 isolation, the JSON event shape, history, a telnet session, and ``chat-server`` as a process.
 
+A behaviour both dialects share is one test over the ``dialect`` fixture (tests/harness.py):
+it sends commands by name and expects events by kind and fields, which the text dialect
+checks as exact lines and the JSON dialect as the fields of the object received. What only
+one dialect can say or show is given per dialect, in tables of (text, JSON) rows.
+
 Nothing here sleeps to synchronise: every wait is for a line or an event, with a timeout. To
 prove something did *not* arrive, a later marker is sent on a path the observer does see,
 and everything the observer received up to the marker is checked.
@@ -12,121 +17,42 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chat.commands import COMMANDS, lookup
-from chat.protocol import Event, parse_event
+from chat.protocol import Event
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient, LineClient
+from tests.harness import (
+    CHAT_SERVER,
+    GREETING,
+    JSON,
+    PROMPT,
+    TEXT,
+    WAIT,
+    Dialect,
+    JsonClient,
+    LineClient,
+    ServerProcess,
+    SpawnServer,
+    StartServer,
+    User,
+)
 
-GREETING = [
-    "*** Welcome to chat! Programs: send a JSON hello (see protocol.md).",
-    "*** Choose a nickname (letters, digits, _ or -, starting with a letter):",
-]
-PROMPT = GREETING[1]
-NOT_REGISTERED = "!!! Choose a nickname first: type it and press Enter."
-NO_ACTIVE_ROOM = "!!! You are not in any room; /join #room first."
+NO_ACTIVE_ROOM = "You are not in any room; /join #room first."
+NOW_IN_LOBBY = "Now talking in #lobby."
+IN_NO_ROOM = "You are in no room now; /join #room to talk."
 SHUTDOWN_BYE = "*** Closing connection: The server is shutting down."
 COMMON_FIELDS = ("type", "id", "ts", "room", "nick", "text")
 
 
-# --- clients and helpers --------------------------------------------------------------------
-
-
-class RawJsonClient(JsonClient):
-    """A JsonClient that also keeps every JSON line as bytes and as the decoded object."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer)
-        self.raw_lines: list[bytes] = []
-        self.objects: list[dict[str, Any]] = []
-
-    async def event(self, timeout: float = WAIT) -> Event:
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.reader.readline()
-                if not raw:
-                    raise EOFError("connection closed")
-                if raw.startswith(b"{"):
-                    self.raw_lines.append(raw)
-                    self.objects.append(json.loads(raw))
-                    event = parse_event(raw)
-                    self.events.append(event)
-                    return event
-
-    async def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def call(self, obj: dict[str, Any], type_: str, **fields: Any) -> Event:
-        """Send a command and wait for the event of ``type_`` (with ``fields``) it causes."""
-        await self.send(obj)
-        return await self.expect(type_, **fields)
-
-    async def next_is(self, type_: str, **fields: Any) -> Event:
-        """The very next event must be of ``type_`` with ``fields``."""
-        event = await self.event()
-        assert event.type == type_, event
-        for key, value in fields.items():
-            assert getattr(event, key) == value, (key, event)
-        return event
-
-    async def until(self, type_: str, **fields: Any) -> list[Event]:
-        """Every event up to and including the first of ``type_`` with ``fields``."""
-        start = len(self.events)
-        await self.expect(type_, **fields)
-        return self.events[start:]
-
-    async def eof(self) -> list[Event]:
-        """Read events until the server closes the connection."""
-        start = len(self.events)
-        async with asyncio.timeout(WAIT):
-            while True:
-                try:
-                    await self.event()
-                except (EOFError, ConnectionResetError):
-                    return self.events[start:]
-
-
-async def text_user(port: int, nick: str) -> LineClient:
-    client = await LineClient.connect(port)
-    await client.register(nick)
-    return client
-
-
-async def json_user(port: int, nick: str) -> RawJsonClient:
-    client = await RawJsonClient.connect(port, nick=nick)
-    assert isinstance(client, RawJsonClient)
-    return client
-
-
-async def next_is(client: LineClient, *lines: str) -> None:
-    """The next lines the client receives are exactly ``lines``."""
-    for expected in lines:
-        assert await client.line() == expected
-
-
-async def wait_for(client: LineClient, line: str) -> list[str]:
-    """Lines up to and including ``line`` (matched exactly)."""
-    return await client.lines_until("^" + re.escape(line) + "$")
-
-
-async def roundtrip(client: LineClient, token: str) -> None:
-    """Prove the connection is open and everything before it was answered: /ping -> pong."""
-    await client.send(f"/ping {token}")
-    await wait_for(client, f"*** pong {token}")
+# --- helpers ----------------------------------------------------------------------------------
 
 
 def utc_minute(ts: float) -> str:
@@ -142,13 +68,34 @@ def says(events: list[Event]) -> list[tuple[str, str | None, str | None, str]]:
     ]
 
 
+# A refusal one dialect or both can provoke: (text line, JSON command, code, error text);
+# None where a dialect cannot say it. Each is checked in the dialect under test.
+Refusal = tuple[str | None, dict[str, Any] | None, str, str]
+
+
+async def refused(user: User, refusals: list[Refusal], *, prompted: bool = False) -> None:
+    """Send each refusal's line in ``user``'s dialect; the very next event is its error (and,
+    when ``prompted``, before registration, the prompt for a nickname again)."""
+    for text, obj, code, reason in refusals:
+        if user.dialect.pick(text=text, json=obj) is None:
+            continue
+        await user.send_as(text=text, json=obj)
+        await user.next_is("error", code=code, text=reason)
+        if prompted:
+            await user.prompted()
+
+
+def invalid_room(room: str) -> str:
+    return f"Invalid room name '{room}': '#' then 1 to 31 letters, digits, '_' or '-'."
+
+
 @pytest.fixture
 async def chat(start_server: StartServer) -> ChatServer:
     """Default settings, minus flood control and the per-IP limit: these tests send many lines."""
     return await start_server(max_per_ip=0, rate=0)
 
 
-# --- registration: text dialect -----------------------------------------------------------
+# --- registration -------------------------------------------------------------------------
 
 REFUSED_NICKS = [
     pytest.param(
@@ -199,96 +146,113 @@ REFUSED_NICKS = [
 
 async def test_greeting_is_two_text_lines(chat: ChatServer) -> None:
     client = await LineClient.connect(chat.port)
-    await next_is(client, *GREETING)
+    await client.next_is(*GREETING)
     await client.close()
 
 
+@pytest.mark.parametrize(
+    ("dialect", "in_hello"),
+    [
+        pytest.param(TEXT, False, id="text"),
+        pytest.param(JSON, True, id="json-hello"),  # the hello names the nickname
+        pytest.param(JSON, False, id="json-nick"),  # a nick command after the hello
+    ],
+)
 @pytest.mark.parametrize(("nick", "code", "reason"), REFUSED_NICKS)
-async def test_text_refused_nick_keeps_connection_open(
-    chat: ChatServer, nick: str, code: str, reason: str
+async def test_refused_nick_keeps_connection_open(
+    chat: ChatServer, dialect: Dialect, *, in_hello: bool, nick: str, code: str, reason: str
 ) -> None:
-    bob = await text_user(chat.port, "bob")
-    carol = await LineClient.connect(chat.port)
-    await next_is(carol, *GREETING)
-    await carol.send(nick)
-    await next_is(carol, f"!!! {reason}", PROMPT)
-    await carol.send("carol")
-    await next_is(
-        carol,
-        "*** Welcome, carol! Type /help for the commands.",
-        "[#lobby] *** carol joined #lobby",
-        "[#lobby] *** 2 in #lobby: bob, carol",
+    bob = await dialect.user(chat.port, "bob")  # keep a reference: it must stay online
+    if in_hello:
+        carol = await dialect.connect(chat.port, nick)
+    else:
+        carol = await dialect.connect(chat.port)
+        await carol.offer_nick(nick)
+    await carol.next_is("error", code=code, text=reason)
+    await carol.prompted()
+    await carol.offer_nick("carol")
+    await carol.next_is(
+        "welcome", nick="carol", text="Welcome, carol! Type /help for the commands."
     )
-    await wait_for(bob, "[#lobby] *** carol joined #lobby")
+    await carol.next_is("join", room="#lobby", nick="carol")
+    await carol.next_is("who", room="#lobby", members=["bob", "carol"])
+    await bob.until("join", room="#lobby", nick="carol")
     await carol.close()
     await bob.close()
 
 
 async def test_text_empty_nick_lines_are_ignored(chat: ChatServer) -> None:
     carol = await LineClient.connect(chat.port)
-    await next_is(carol, *GREETING)
+    await carol.next_is(*GREETING)
     await carol.send_raw(b"\r\n\n   \r\n\t\r\n")
     await carol.send("  carol  ")
-    await next_is(carol, "*** Welcome, carol! Type /help for the commands.")
+    await carol.next_is("*** Welcome, carol! Type /help for the commands.")
     await carol.close()
 
 
 async def test_text_too_many_refused_nicks_closes(chat: ChatServer) -> None:
     client = await LineClient.connect(chat.port)
-    await next_is(client, *GREETING)
+    await client.next_is(*GREETING)
     for _ in range(9):
         await client.send("root")
-        await next_is(client, "!!! The nickname 'root' is reserved.", PROMPT)
+        await client.next_is("!!! The nickname 'root' is reserved.", PROMPT)
     await client.send("root")
-    await next_is(
-        client,
+    await client.next_is(
         "!!! The nickname 'root' is reserved.",
         "*** Closing connection: 10 nicknames refused; try again later.",
     )
     assert await client.eof() == []
 
 
-async def test_text_commands_before_registration(chat: ChatServer) -> None:
-    bob = await text_user(chat.port, "bob")
-    client = await LineClient.connect(chat.port)
-    await next_is(client, *GREETING)
-    for line in (
-        "/join #dev",
-        "/part",
-        "/rooms",
-        "/list",
-        "/who",
-        "/topic",
-        "/me waves",
-        "/msg bob hi",
-    ):
-        await client.send(line)
-        await next_is(client, NOT_REGISTERED, PROMPT)
+NOT_BEFORE_REGISTRATION = [  # (text line, JSON command): refused until a nickname is chosen
+    ("/say hi", {"type": "say", "text": "hi"}),
+    ("/me waves", {"type": "me", "text": "waves"}),
+    ("/msg bob hi", {"type": "msg", "nick": "bob", "text": "hi"}),
+    ("/join #dev", {"type": "join", "room": "#dev"}),
+    ("/part", {"type": "part"}),
+    ("/rooms", {"type": "rooms"}),
+    ("/list", None),
+    ("/who", {"type": "who"}),
+    ("/topic", {"type": "topic"}),
+]
+
+
+async def test_commands_before_registration(chat: ChatServer, dialect: Dialect) -> None:
+    bob = await dialect.user(chat.port, "bob")
+    client = await dialect.connect(chat.port)
+    reason = dialect.pick(
+        text="Choose a nickname first: type it and press Enter.",
+        json="Register first: send a nickname.",
+    )
+    rows = [(text, obj, "not_registered", reason) for text, obj in NOT_BEFORE_REGISTRATION]
+    await refused(client, rows, prompted=True)
     # What does work before registration: help, ping, /nick.
-    await client.send("/help ping")
-    await next_is(client, "*** /ping [token]: Ask the server for a pong, to check the connection.")
-    await client.send("/ping early")
-    await next_is(client, "*** pong early")
-    await client.send("/nick carol")
-    await next_is(client, "*** Welcome, carol! Type /help for the commands.")
+    await client.send("help", command="ping")
+    await client.next_is(
+        "notice",
+        room=None,
+        text="/ping [token]: Ask the server for a pong, to check the connection.",
+    )
+    await client.send("ping", token="early")
+    await client.next_is("pong", text="early")
+    await client.send("nick", nick="carol")
+    await client.next_is(
+        "welcome", nick="carol", text="Welcome, carol! Type /help for the commands."
+    )
     await client.close()
     await bob.close()
 
 
-async def test_text_quit_before_registration(chat: ChatServer) -> None:
-    client = await LineClient.connect(chat.port)
-    await next_is(client, *GREETING)
-    await client.send("/quit not today")
-    await next_is(client, "*** Closing connection: Goodbye.")
+async def test_quit_before_registration(chat: ChatServer, dialect: Dialect) -> None:
+    client = await dialect.connect(chat.port)
+    await client.send("quit", reason="not today")
+    await client.next_is("bye", code="quit", text="Goodbye.", nick=None)
     assert await client.eof() == []
-
-
-# --- registration: JSON dialect -----------------------------------------------------------
 
 
 async def test_json_hello_with_nick_registers(chat: ChatServer) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", chat.port)
-    client = RawJsonClient(reader, writer)
+    client = JsonClient(reader, writer)
     await client.send({"type": "hello", "nick": "jay"})
     hello = await client.next_is("hello")
     assert client.objects[-1]["version"] == 1
@@ -303,8 +267,7 @@ async def test_json_hello_with_nick_registers(chat: ChatServer) -> None:
 
 
 async def test_json_hello_then_nick_registers(chat: ChatServer) -> None:
-    client = await RawJsonClient.connect(chat.port)
-    assert isinstance(client, RawJsonClient)
+    client = await JsonClient.connect(chat.port)
     await client.send({"type": "nick", "nick": "jay"})
     await client.next_is("welcome", nick="jay", text="Welcome, jay! Type /help for the commands.")
     await client.next_is("join", room="#lobby", nick="jay")
@@ -312,31 +275,8 @@ async def test_json_hello_then_nick_registers(chat: ChatServer) -> None:
     await client.close()
 
 
-@pytest.mark.parametrize("via", ["hello", "nick"])
-@pytest.mark.parametrize(("nick", "code", "reason"), REFUSED_NICKS)
-async def test_json_refused_nick_keeps_connection_open(
-    chat: ChatServer, via: str, nick: str, code: str, reason: str
-) -> None:
-    bob = await json_user(chat.port, "bob")  # keep a reference: it must stay online
-    reader, writer = await asyncio.open_connection("127.0.0.1", chat.port)
-    client = RawJsonClient(reader, writer)
-    if via == "hello":
-        await client.send({"type": "hello", "nick": nick})
-        await client.next_is("hello")
-    else:
-        await client.send({"type": "hello"})
-        await client.next_is("hello")
-        await client.send({"type": "nick", "nick": nick})
-    await client.next_is("error", code=code, text=reason)
-    await client.send({"type": "nick", "nick": "carol"})
-    await client.next_is("welcome", nick="carol")
-    await client.close()
-    await bob.close()
-
-
 async def test_json_empty_nick_is_refused(chat: ChatServer) -> None:
-    client = await RawJsonClient.connect(chat.port)
-    assert isinstance(client, RawJsonClient)
+    client = await JsonClient.connect(chat.port)
     await client.send({"type": "nick", "nick": "  "})
     await client.next_is("error", code="nick_invalid", text="A nickname cannot be empty.")
     await client.send({"type": "nick"})
@@ -346,43 +286,8 @@ async def test_json_empty_nick_is_refused(chat: ChatServer) -> None:
     await client.close()
 
 
-async def test_json_commands_before_registration(chat: ChatServer) -> None:
-    bob = await json_user(chat.port, "bob")
-    client = await RawJsonClient.connect(chat.port)
-    assert isinstance(client, RawJsonClient)
-    for command in (
-        {"type": "say", "text": "hi"},
-        {"type": "me", "text": "waves"},
-        {"type": "msg", "nick": "bob", "text": "hi"},
-        {"type": "join", "room": "#dev"},
-        {"type": "part"},
-        {"type": "rooms"},
-        {"type": "who"},
-        {"type": "topic"},
-    ):
-        await client.send(command)
-        await client.next_is("error", code="not_registered")
-    await client.send({"type": "ping", "token": "early"})
-    await client.next_is("pong", text="early")
-    await client.send({"type": "help", "command": "ping"})
-    await client.next_is("notice", text=f"/ping [token]: {lookup('ping', typed=True).help}")
-    await client.send({"type": "nick", "nick": "carol"})
-    await client.next_is("welcome", nick="carol")
-    await client.close()
-    await bob.close()
-
-
-async def test_json_quit_before_registration(chat: ChatServer) -> None:
-    client = await RawJsonClient.connect(chat.port)
-    assert isinstance(client, RawJsonClient)
-    await client.send({"type": "quit", "reason": "not today"})
-    bye = await client.next_is("bye", code="quit", text="Goodbye.")
-    assert bye.nick is None
-    assert await client.eof() == []
-
-
 async def test_json_hello_after_registration_is_refused(chat: ChatServer) -> None:
-    client = await json_user(chat.port, "jay")
+    client = await JsonClient.connect(chat.port, "jay")
     await client.send({"type": "hello", "nick": "other"})
     await client.next_is("error", code="already_registered")
     await client.send({"type": "hello"})
@@ -394,85 +299,55 @@ async def test_json_hello_after_registration_is_refused(chat: ChatServer) -> Non
 
 # --- join ---------------------------------------------------------------------------------
 
-
-async def test_text_join(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
-
-    await alice.send("/join #dev")
-    await next_is(alice, "[#dev] *** alice joined #dev", "[#dev] *** 1 in #dev: alice")
-    await alice.send("anyone here?")  # the active room is now #dev
-    await next_is(alice, "[#dev] <alice> anyone here?")
-
-    await bob.send("/JOIN dev")  # command names are case-insensitive; the '#' is optional
-    await next_is(bob, "[#dev] *** bob joined #dev", "[#dev] *** 2 in #dev: alice, bob")
-    assert re.fullmatch(
-        r"\[#dev\] \(history \d{4}-\d\d-\d\d \d\d:\d\d UTC\) <alice> anyone here\?",
-        await bob.line(),
-    )
-    await next_is(alice, "[#dev] *** bob joined #dev")
-
-    # Joining a room again only switches to it, with a notice, and tells nobody else.
-    await alice.send("/join #LOBBY")
-    await next_is(alice, "[#lobby] *** Now talking in #lobby.")
-    await bob.send("/j #Dev")
-    await next_is(bob, "[#dev] *** Now talking in #dev.")
-    await alice.send("back in the lobby")
-    await next_is(alice, "[#lobby] <alice> back in the lobby")
-    assert await wait_for(bob, "[#lobby] <alice> back in the lobby") == [
-        "[#lobby] <alice> back in the lobby"
-    ]
-
-    # Refusals.
-    await alice.send("/join #bad!")
-    await next_is(
-        alice, "!!! Invalid room name '#bad!': '#' then 1 to 31 letters, digits, '_' or '-'."
-    )
-    await alice.send("/join #" + "x" * 32)
-    assert (await alice.line()).startswith("!!! Invalid room name '#xxx")
-    await alice.send("/join")
-    await next_is(alice, "!!! Usage: /join #room")
-    await alice.send("/join #a #b")
-    await next_is(alice, "!!! Usage: /join #room")
-    longest = "#" + "y" * 31
-    await alice.send(f"/join {longest}")
-    await next_is(alice, f"[{longest}] *** alice joined {longest}")
-    await alice.close()
-    await bob.close()
+JOIN_REFUSALS: list[Refusal] = [
+    ("/join #bad!", {"type": "join", "room": "#bad!"}, "room_invalid", invalid_room("#bad!")),
+    (
+        "/join #" + "x" * 32,
+        {"type": "join", "room": "#" + "x" * 32},
+        "room_invalid",
+        invalid_room("#" + "x" * 32),
+    ),
+    ("/join", None, "bad_arguments", "Usage: /join #room"),
+    ("/join #a #b", None, "bad_arguments", "Usage: /join #room"),
+    (None, {"type": "join"}, "bad_arguments", "Field 'room' is required."),
+    (None, {"type": "join", "room": 5}, "bad_arguments", "Field 'room' must be a string."),
+]
 
 
-async def test_json_join(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
+async def test_join(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.until("join", room="#lobby", nick="bob")
 
-    await alice.send({"type": "join", "room": "#dev"})
+    await alice.send("join", room="#dev")
     await alice.next_is("join", room="#dev", nick="alice")
-    await alice.next_is("who", room="#dev", members=("alice",))
-    await alice.send({"type": "say", "text": "anyone here?"})
+    await alice.next_is("who", room="#dev", members=["alice"])
+    await alice.send("say", text="anyone here?")  # the active room is now #dev
     await alice.next_is("message", room="#dev", nick="alice", text="anyone here?")
 
-    await bob.send({"type": "join", "room": "dev"})
+    # Typed command names are case-insensitive; the '#' is optional.
+    await bob.send_as(text="/JOIN dev", json={"type": "join", "room": "dev"})
     await bob.next_is("join", room="#dev", nick="bob")
-    await bob.next_is("who", room="#dev", members=("alice", "bob"))
-    await bob.next_is("message", room="#dev", text="anyone here?", history=True)
+    await bob.next_is("who", room="#dev", members=["alice", "bob"])
+    await bob.next_is("message", room="#dev", nick="alice", text="anyone here?", history=True)
     await alice.next_is("join", room="#dev", nick="bob")
 
-    await alice.send({"type": "join", "room": "#LOBBY"})
-    await alice.next_is("notice", room="#lobby", text="Now talking in #lobby.")
-    await alice.send({"type": "say", "text": "back"})
-    await alice.next_is("message", room="#lobby", nick="alice", text="back")
-    seen = await bob.until("message", text="back")
-    assert [e.type for e in seen] == ["message"]
+    # Joining a room again only switches to it, with a notice, and tells nobody else.
+    await alice.send("join", room="#LOBBY")
+    await alice.next_is("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await bob.send_as(text="/j #Dev", json={"type": "join", "room": "#Dev"})
+    await bob.next_is("notice", room="#dev", text="Now talking in #dev.")
+    await alice.send("say", text="back in the lobby")
+    await alice.next_is("message", room="#lobby", nick="alice", text="back in the lobby")
+    seen = await bob.until("message", room="#lobby", nick="alice", text="back in the lobby")
+    assert len(seen) == 1, seen
 
-    await alice.send({"type": "join", "room": "#bad!"})
-    await alice.next_is("error", code="room_invalid")
-    await alice.send({"type": "join"})
-    await alice.next_is("error", code="bad_arguments", text="Field 'room' is required.")
-    await alice.send({"type": "join", "room": 5})
-    await alice.next_is("error", code="bad_arguments", text="Field 'room' must be a string.")
-    await alice.send({"type": "ping", "token": "ok"})
+    await refused(alice, JOIN_REFUSALS)
+    longest = "#" + "y" * 31
+    await alice.send("join", room=longest)
+    await alice.next_is("join", room=longest, nick="alice")
+    await alice.next_is("who", room=longest, members=["alice"])
+    await alice.send("ping", token="ok")
     await alice.next_is("pong", text="ok")
     await alice.close()
     await bob.close()
@@ -480,14 +355,14 @@ async def test_json_join(chat: ChatServer) -> None:
 
 async def test_join_too_many_rooms(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0, rate=0, max_rooms=2)
-    alice = await text_user(server.port, "alice")
+    alice = await LineClient.connect(server.port, "alice")
     await alice.send("/join #a")
-    await wait_for(alice, "[#a] *** 1 in #a: alice")
+    await alice.until("[#a] *** 1 in #a: alice")
     await alice.send("/join #b")
-    await next_is(alice, "!!! You are in 2 rooms already; /part one first.")
+    await alice.next_is("!!! You are in 2 rooms already; /part one first.")
     await alice.send("/join #lobby")  # switching to a joined room is no new room
-    await next_is(alice, "[#lobby] *** Now talking in #lobby.")
-    jay = await json_user(server.port, "jay")
+    await alice.next_is("[#lobby] *** Now talking in #lobby.")
+    jay = await JsonClient.connect(server.port, "jay")
     await jay.call({"type": "join", "room": "#a"}, "who", room="#a")
     await jay.send({"type": "join", "room": "#b"})
     await jay.next_is("error", code="too_many_rooms")
@@ -497,15 +372,15 @@ async def test_join_too_many_rooms(start_server: StartServer) -> None:
 
 async def test_messages_to_several_rooms_keep_their_order(chat: ChatServer) -> None:
     """protocol.md: events reach every client in the order the server produced them."""
-    alice = await json_user(chat.port, "alice")
-    carol = await json_user(chat.port, "carol")
-    dave = await text_user(chat.port, "dave")
+    alice = await JsonClient.connect(chat.port, "alice")
+    carol = await JsonClient.connect(chat.port, "carol")
+    dave = await LineClient.connect(chat.port, "dave")
     for client in (alice, carol):
         for room in ("#a", "#b"):
             await client.call({"type": "join", "room": room}, "who", room=room)
     for room in ("#a", "#b"):
         await dave.send(f"/join {room}")
-        await wait_for(dave, f"[{room}] *** 3 in {room}: alice, carol, dave")
+        await dave.until(f"[{room}] *** 3 in {room}: alice, carol, dave")
     await alice.expect("join", room="#b", nick="dave")
     await carol.expect("join", room="#b", nick="dave")
 
@@ -520,7 +395,7 @@ async def test_messages_to_several_rooms_keep_their_order(chat: ChatServer) -> N
     for client in (alice, carol):
         got = [(e.room, e.text) for e in await client.until("message", text="four")]
         assert got == said, client
-    lines = await wait_for(dave, "[#b] <alice> four")
+    lines = await dave.until("[#b] <alice> four")
     assert lines == [f"[{room}] <alice> {text}" for room, text in said]
     for client in (alice, carol, dave):
         await client.close()
@@ -529,93 +404,80 @@ async def test_messages_to_several_rooms_keep_their_order(chat: ChatServer) -> N
 # --- part ---------------------------------------------------------------------------------
 
 
-async def test_text_part(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
-    await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 1 in #dev: bob")
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 2 in #dev: alice, bob")
-    await wait_for(bob, "[#dev] *** alice joined #dev")
+async def test_part(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.until("join", room="#lobby", nick="bob")
+    await bob.send("join", room="#dev")
+    await bob.until("who", room="#dev", members=["bob"])
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice", "bob"])
+    await bob.until("join", room="#dev", nick="alice")
 
-    await alice.send("/part #dev see you later")
-    await next_is(
+    await alice.send("part", room="#dev", reason="see you later")
+    await alice.next_is("part", room="#dev", nick="alice", text="see you later")
+    await alice.next_is("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await bob.next_is("part", room="#dev", nick="alice", text="see you later")
+    await alice.send("say", text="still here")
+    await alice.next_is("message", room="#lobby", nick="alice", text="still here")
+
+    await refused(
         alice,
-        "[#dev] *** alice left #dev (see you later)",
-        "[#lobby] *** Now talking in #lobby.",
+        [
+            (
+                "/part #dev",
+                {"type": "part", "room": "#dev"},
+                "not_in_room",
+                "You are not in #dev; /join it first.",
+            ),
+            (
+                "/part #bad!",
+                {"type": "part", "room": "#bad!"},
+                "room_invalid",
+                invalid_room("#bad!"),
+            ),
+        ],
     )
-    await next_is(bob, "[#dev] *** alice left #dev (see you later)")
-    await alice.send("still here")
-    await next_is(alice, "[#lobby] <alice> still here")
-
-    await alice.send("/part #dev")
-    await next_is(alice, "!!! You are not in #dev; /join it first.")
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 2 in #dev: alice, bob")
-    await alice.send("/part #dev " + "r" * 250)  # reasons are cut to 200 characters
-    await wait_for(bob, "[#dev] *** alice left #dev (" + "r" * 200 + ")")
-    await wait_for(alice, "[#lobby] *** Now talking in #lobby.")
-    await alice.send("/part #nowhere")
-    await next_is(alice, "!!! You are not in #nowhere; /join it first.")
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice", "bob"])
+    await alice.send("part", room="#dev", reason="r" * 250)  # reasons are cut to 200 characters
+    await bob.until("part", room="#dev", nick="alice", text="r" * 200)
+    await alice.until("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await alice.send("part", room="#nowhere")
+    await alice.next_is(
+        "error", code="not_in_room", text="You are not in #nowhere; /join it first."
+    )
 
     # Parting a room that is not the active one leaves the active room alone.
-    await alice.send("/join #a")
-    await wait_for(alice, "[#a] *** 1 in #a: alice")
-    await alice.send("/join #b")
-    await wait_for(alice, "[#b] *** 1 in #b: alice")
-    await alice.send("/part #a")
-    await next_is(alice, "[#a] *** alice left #a")
-    await alice.send("in b")
-    await next_is(alice, "[#b] <alice> in b")
-    await alice.send("/part #b")
-    await next_is(alice, "[#b] *** alice left #b", "[#lobby] *** Now talking in #lobby.")
+    await alice.send("join", room="#a")
+    await alice.until("who", room="#a", members=["alice"])
+    await alice.send("join", room="#b")
+    await alice.until("who", room="#b", members=["alice"])
+    await alice.send("part", room="#a")
+    await alice.next_is("part", room="#a", nick="alice", text="")
+    await alice.send("say", text="in b")
+    await alice.next_is("message", room="#b", nick="alice", text="in b")
+    await alice.send("part", room="#b")
+    await alice.next_is("part", room="#b", nick="alice", text="")
+    await alice.next_is("notice", room="#lobby", text=NOW_IN_LOBBY)
 
     # Parting the last room: nothing is active any more.
-    await alice.send("/part")
-    await next_is(
-        alice, "[#lobby] *** alice left #lobby", "*** You are in no room now; /join #room to talk."
-    )
-    await wait_for(bob, "[#lobby] *** alice left #lobby")
-    for line in ("hello?", "/me waves", "/part", "/who", "/topic", "/topic new topic"):
-        await alice.send(line)
-        await next_is(alice, NO_ACTIVE_ROOM)
-    await alice.send("/join #lobby")
-    await next_is(alice, "[#lobby] *** alice joined #lobby")
-    await alice.close()
-    await bob.close()
-
-
-async def test_json_part(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
-    await bob.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await bob.expect("join", room="#dev", nick="alice")
-
-    await alice.send({"type": "part", "room": "#dev", "reason": "see you later"})
-    await alice.next_is("part", room="#dev", nick="alice", text="see you later")
-    await alice.next_is("notice", room="#lobby", text="Now talking in #lobby.")
-    await bob.next_is("part", room="#dev", nick="alice", text="see you later")
-
-    await alice.send({"type": "part", "room": "#dev"})
-    await alice.next_is("error", code="not_in_room")
-    await alice.send({"type": "part", "room": "#bad!"})
-    await alice.next_is("error", code="room_invalid")
-
-    await alice.send({"type": "part"})
+    await alice.send("part")
     await alice.next_is("part", room="#lobby", nick="alice", text="")
-    await alice.next_is("notice", room=None)
-    for command in (
-        {"type": "say", "text": "hello?"},
-        {"type": "me", "text": "waves"},
-        {"type": "part"},
-        {"type": "who"},
-        {"type": "topic"},
-    ):
-        await alice.send(command)
-        await alice.next_is("error", code="no_active_room")
+    await alice.next_is("notice", room=None, text=IN_NO_ROOM)
+    await bob.until("part", room="#lobby", nick="alice", text="")
+    for name, args in [
+        ("say", {"text": "hello?"}),
+        ("me", {"text": "waves"}),
+        ("part", {}),
+        ("who", {}),
+        ("topic", {}),
+        ("topic", {"text": "new topic"}),
+    ]:
+        await alice.send(name, **args)
+        await alice.next_is("error", code="no_active_room", text=NO_ACTIVE_ROOM)
+    await alice.send("join", room="#lobby")
+    await alice.next_is("join", room="#lobby", nick="alice")
     await alice.close()
     await bob.close()
 
@@ -623,88 +485,77 @@ async def test_json_part(chat: ChatServer) -> None:
 # --- rooms and who ------------------------------------------------------------------------
 
 
-async def test_text_rooms(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 1 in #dev: alice")
-    await alice.send("/topic Dev talk")
-    await next_is(alice, "[#dev] *** alice set the topic: Dev talk")
+async def test_rooms(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice"])
+    await alice.send("topic", text="Dev talk")
+    await alice.next_is("topic", room="#dev", nick="alice", text="Dev talk")
 
-    await bob.send("/rooms")
-    await next_is(  # largest first (issue 10)
-        bob, "*** 2 rooms:", "***   #lobby (2 members)", "***   #dev (1 member): Dev talk"
+    await bob.send("rooms")
+    await bob.next_is(
+        "rooms",
+        rooms=[  # largest first (issue 10)
+            {"room": "#lobby", "members": 2, "topic": ""},
+            {"room": "#dev", "members": 1, "topic": "Dev talk"},
+        ],
+        total=2,
+        offset=0,
     )
-    await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 2 in #dev: alice, bob")
-    await bob.send("/list")
-    await next_is(
-        bob, "*** 2 rooms:", "***   #dev (2 members): Dev talk", "***   #lobby (2 members)"
+    await bob.send("join", room="#dev")
+    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await bob.send_as(text="/list", json={"type": "rooms"})  # /list is an alias
+    await bob.next_is(
+        "rooms",
+        rooms=[  # as large: by name
+            {"room": "#dev", "members": 2, "topic": "Dev talk"},
+            {"room": "#lobby", "members": 2, "topic": ""},
+        ],
+        total=2,
+        offset=0,
     )
     # An empty room disappears (the lobby stays, even empty).
-    await alice.send("/part #dev")
-    await bob.send("/part #dev")
-    await wait_for(bob, "[#lobby] *** Now talking in #lobby.")
-    await bob.send("/part #lobby")
-    await wait_for(bob, "*** You are in no room now; /join #room to talk.")
-    await alice.send("/part #lobby")
-    await wait_for(alice, "*** You are in no room now; /join #room to talk.")
-    await bob.send("/rooms")
-    await next_is(bob, "*** 1 room:", "***   #lobby (0 members)")
+    await alice.send("part", room="#dev")
+    await bob.send("part", room="#dev")
+    await bob.until("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await bob.send("part", room="#lobby")
+    await bob.until("notice", room=None, text=IN_NO_ROOM)
+    await alice.send("part", room="#lobby")
+    await alice.until("notice", room=None, text=IN_NO_ROOM)
+    await bob.send("rooms")
+    await bob.next_is(
+        "rooms", rooms=[{"room": "#lobby", "members": 0, "topic": ""}], total=1, offset=0
+    )
     await alice.close()
     await bob.close()
 
 
-async def test_json_rooms(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await alice.call({"type": "topic", "text": "Dev talk"}, "topic", nick="alice")
-    await bob.send({"type": "rooms"})
-    await bob.expect("rooms")
-    assert bob.objects[-1]["rooms"] == [  # largest first (issue 10)
-        {"room": "#lobby", "members": 2, "topic": ""},
-        {"room": "#dev", "members": 1, "topic": "Dev talk"},
-    ]
-    assert (bob.objects[-1]["total"], bob.objects[-1]["offset"]) == (2, 0)
-    await alice.close()
-    await bob.close()
-
-
-async def test_text_who(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
-    await alice.send("/who")
-    await next_is(alice, "[#lobby] *** 2 in #lobby: alice, bob")
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/who #dev")  # a room bob is not in
-    await next_is(bob, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/names #DEV")
-    await next_is(bob, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/who #nope")
-    await next_is(bob, "!!! There is no room #nope.")
-    await bob.send("/who #bad!")
-    assert (await bob.line()).startswith("!!! Invalid room name '#bad!'")
-    await bob.send("/who #a #b")
-    await next_is(bob, "!!! Usage: /who [#room]")
-    await alice.close()
-    await bob.close()
-
-
-async def test_json_who(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
-    await alice.send({"type": "who"})
-    await alice.next_is("who", room="#lobby", members=("alice", "bob"))
-    assert alice.objects[-1]["members"] == ["alice", "bob"]
-    await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await bob.send({"type": "who", "room": "#dev"})
-    await bob.next_is("who", room="#dev", members=("alice",))
-    await bob.send({"type": "who", "room": "#nope"})
-    await bob.next_is("error", code="no_such_room", text="There is no room #nope.")
+async def test_who(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.until("join", room="#lobby", nick="bob")
+    await alice.send("who")
+    await alice.next_is("who", room="#lobby", members=["alice", "bob"])
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice"])
+    await bob.send("who", room="#dev")  # a room bob is not in
+    await bob.next_is("who", room="#dev", members=["alice"])
+    await bob.send_as(text="/names #DEV", json={"type": "who", "room": "#DEV"})
+    await bob.next_is("who", room="#dev", members=["alice"])
+    await refused(
+        bob,
+        [
+            (
+                "/who #nope",
+                {"type": "who", "room": "#nope"},
+                "no_such_room",
+                "There is no room #nope.",
+            ),
+            ("/who #bad!", {"type": "who", "room": "#bad!"}, "room_invalid", invalid_room("#bad!")),
+            ("/who #a #b", None, "bad_arguments", "Usage: /who [#room]"),
+        ],
+    )
     await alice.close()
     await bob.close()
 
@@ -712,164 +563,164 @@ async def test_json_who(chat: ChatServer) -> None:
 # --- topic --------------------------------------------------------------------------------
 
 
-async def test_text_topic(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    carol = await text_user(chat.port, "carol")
-    await alice.send("/topic")
-    await wait_for(alice, "[#lobby] *** No topic is set")
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 2 in #dev: alice, bob")
-    await wait_for(alice, "[#dev] *** bob joined #dev")
+async def test_topic(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    carol = await dialect.user(chat.port, "carol")
+    await alice.send("topic")
+    await alice.until("topic", room="#lobby", nick=None, text="")
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice"])
+    await bob.send("join", room="#dev")
+    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await alice.until("join", room="#dev", nick="bob")
 
-    await alice.send("/topic Release on Friday")
-    await next_is(alice, "[#dev] *** alice set the topic: Release on Friday")
-    await next_is(bob, "[#dev] *** alice set the topic: Release on Friday")
-    await alice.send("/topic")
-    await next_is(alice, "[#dev] *** Topic: Release on Friday")
-    await carol.send("/topic #dev")  # a room carol is not in can be looked at...
-    await next_is(carol, "[#dev] *** Topic: Release on Friday")
-    await carol.send("/topic #dev hijacked")  # ...but not changed
-    await next_is(carol, "!!! You are not in #dev; /join it first.")
-    await carol.send("/topic #nope")
-    await next_is(carol, "!!! There is no room #nope.")
+    await alice.send("topic", text="Release on Friday")
+    await alice.next_is("topic", room="#dev", nick="alice", text="Release on Friday")
+    await bob.next_is("topic", room="#dev", nick="alice", text="Release on Friday")
+    await alice.send("topic")
+    await alice.next_is("topic", room="#dev", nick=None, text="Release on Friday")
+    await carol.send("topic", room="#dev")  # a room carol is not in can be looked at...
+    await carol.next_is("topic", room="#dev", nick=None, text="Release on Friday")
+    await refused(
+        carol,
+        [
+            (  # ...but not changed
+                "/topic #dev hijacked",
+                {"type": "topic", "room": "#dev", "text": "hijacked"},
+                "not_in_room",
+                "You are not in #dev; /join it first.",
+            ),
+            (
+                "/topic #nope",
+                {"type": "topic", "room": "#nope"},
+                "no_such_room",
+                "There is no room #nope.",
+            ),
+        ],
+    )
 
     # From another active room, naming the room.
-    await alice.send("/join #lobby")
-    await next_is(alice, "[#lobby] *** Now talking in #lobby.")
-    await alice.send("/topic #dev Release on Monday")
-    await next_is(alice, "[#dev] *** alice set the topic: Release on Monday")
-    await next_is(bob, "[#dev] *** alice set the topic: Release on Monday")
+    await alice.send("join", room="#lobby")
+    await alice.next_is("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await alice.send("topic", room="#dev", text="Release on Monday")
+    await alice.next_is("topic", room="#dev", nick="alice", text="Release on Monday")
+    await bob.next_is("topic", room="#dev", nick="alice", text="Release on Monday")
 
-    await alice.send("/topic #dev " + "x" * 301)
-    await next_is(alice, "!!! Topic is too long (301 characters, at most 300).")
-    await alice.send("/topic #dev " + "t" * 300)
-    await next_is(alice, "[#dev] *** alice set the topic: " + "t" * 300)
-    await alice.send("/topic #dev Release on Monday")
-    await next_is(alice, "[#dev] *** alice set the topic: Release on Monday")
+    await alice.send("topic", room="#dev", text="x" * 301)
+    await alice.next_is(
+        "error", code="topic_too_long", text="Topic is too long (301 characters, at most 300)."
+    )
+    await alice.send("topic", room="#dev", text="t" * 300)
+    await alice.next_is("topic", room="#dev", nick="alice", text="t" * 300)
+    await alice.send("topic", room="#dev", text="Release on Monday")
+    await alice.next_is("topic", room="#dev", nick="alice", text="Release on Monday")
 
     # The topic is shown to whoever joins, between the join and the member list.
-    await carol.send("/join #dev")
-    await next_is(
-        carol,
-        "[#dev] *** carol joined #dev",
-        "[#dev] *** Topic: Release on Monday",
-        "[#dev] *** 3 in #dev: alice, bob, carol",
-    )
+    await carol.send("join", room="#dev")
+    await carol.next_is("join", room="#dev", nick="carol")
+    await carol.next_is("topic", room="#dev", nick=None, text="Release on Monday")
+    await carol.next_is("who", room="#dev", members=["alice", "bob", "carol"])
     # Members of other rooms only were never told about #dev's topic: carol saw nothing
-    # before her own join (checked by next_is above, since she read every line in order).
+    # before her own join (checked by next_is above, since she read every event in order).
+    await alice.next_is("join", room="#dev", nick="carol")
+
+    # Any member may set it, and clear it (text: -delete; JSON: "").
+    await carol.send("topic", text="Release on Tuesday")
+    await carol.next_is("topic", room="#dev", nick="carol", text="Release on Tuesday")
+    await alice.next_is("topic", room="#dev", nick="carol", text="Release on Tuesday")
+    await carol.send("topic", text="")
+    await carol.next_is("topic", room="#dev", nick="carol", text="")
+    await alice.next_is("topic", room="#dev", nick="carol", text="")
+    await alice.send("rooms")
+    await alice.next_is(
+        "rooms",
+        rooms=[
+            {"room": "#dev", "members": 3, "topic": ""},
+            {"room": "#lobby", "members": 3, "topic": ""},
+        ],
+        total=2,
+        offset=0,
+    )
     await alice.close()
     await bob.close()
     await carol.close()
 
 
-async def test_json_topic(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.send({"type": "topic"})
-    await alice.expect("topic", room="#lobby", nick=None, text="")
-    await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await alice.send({"type": "topic", "room": "#dev", "text": "Release on Friday"})
-    await alice.next_is("topic", room="#dev", nick="alice", text="Release on Friday")
-    await bob.send({"type": "topic", "room": "#dev"})
-    await bob.expect("topic", room="#dev", nick=None, text="Release on Friday")
-    await bob.send({"type": "topic", "room": "#dev", "text": "hijacked"})
-    await bob.next_is("error", code="not_in_room")
-    await alice.send({"type": "topic", "text": "y" * 301})
-    await alice.next_is("error", code="topic_too_long")
-    await bob.send({"type": "join", "room": "#dev"})
-    await bob.next_is("join", room="#dev", nick="bob")
-    await bob.next_is("topic", room="#dev", nick=None, text="Release on Friday")
-    await bob.next_is("who", room="#dev", members=("alice", "bob"))
-    await alice.next_is("join", room="#dev", nick="bob")
-    await bob.send({"type": "topic", "text": "Release on Monday"})
-    await bob.next_is("topic", room="#dev", nick="bob", text="Release on Monday")
-    await alice.next_is("topic", room="#dev", nick="bob", text="Release on Monday")
-    await bob.send({"type": "topic", "text": ""})  # JSON "text": "" clears the topic
-    await bob.next_is("topic", room="#dev", nick="bob", text="")
-    await alice.next_is("topic", room="#dev", nick="bob", text="")
-    await alice.send({"type": "rooms"})
-    await alice.next_is("rooms")
-    assert alice.objects[-1]["rooms"][0] == {"room": "#dev", "members": 2, "topic": ""}
-    await alice.close()
-    await bob.close()
-
-
 # --- me and msg ---------------------------------------------------------------------------
 
 
-async def test_text_me(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
-    await alice.send("/me waves at everyone")
-    await next_is(alice, "[#lobby] * alice waves at everyone")
-    await next_is(bob, "[#lobby] * alice waves at everyone")
-    await alice.send("/me")
-    await next_is(alice, "!!! Usage: /me [#room] action")
+async def test_me(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.until("join", room="#lobby", nick="bob")
+    await alice.send("me", text="waves at everyone")
+    await alice.next_is("action", room="#lobby", nick="alice", text="waves at everyone")
+    await bob.next_is("action", room="#lobby", nick="alice", text="waves at everyone")
+    await refused(
+        alice,
+        [
+            (
+                "/me #dev waves",
+                {"type": "me", "room": "#dev", "text": "waves"},
+                "not_in_room",
+                "You are not in #dev; /join it first.",
+            ),
+            ("/me", None, "bad_arguments", "Usage: /me [#room] action"),
+            (None, {"type": "me"}, "bad_arguments", "Field 'text' is required."),
+        ],
+    )
     await alice.close()
     await bob.close()
 
 
-async def test_json_me(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
-    await alice.send({"type": "me", "text": "waves"})
-    await alice.next_is("action", room="#lobby", nick="alice", text="waves")
-    await bob.next_is("action", room="#lobby", nick="alice", text="waves")
-    await alice.send({"type": "me", "room": "#dev", "text": "waves"})
-    await alice.next_is("error", code="not_in_room")
-    await alice.send({"type": "me"})
-    await alice.next_is("error", code="bad_arguments")
-    await alice.close()
-    await bob.close()
+async def test_msg(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    await alice.until("join", room="#lobby", nick="bob")
+    await alice.send("msg", nick="bob", text="psst, over here")
+    await alice.next_is(
+        "private", room=None, nick="alice", target="bob", echo=True, text="psst, over here"
+    )
+    await bob.next_is(
+        "private", room=None, nick="alice", target="bob", echo=False, text="psst, over here"
+    )
+    await alice.send("msg", nick="BOB", text="case does not matter")
+    await alice.next_is(
+        "private", nick="alice", target="bob", echo=True, text="case does not matter"
+    )
+    await bob.next_is(
+        "private", nick="alice", target="bob", echo=False, text="case does not matter"
+    )
+    await bob.send_as(  # /query is an alias
+        text="/query alice alias works",
+        json={"type": "msg", "nick": "alice", "text": "alias works"},
+    )
+    await alice.next_is("private", nick="bob", target="alice", echo=False, text="alias works")
 
-
-async def test_text_msg(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
-    await alice.send("/msg bob psst, over here")
-    await next_is(alice, "[private to bob] <alice> psst, over here")
-    await next_is(bob, "[private] <alice> psst, over here")
-    await alice.send("/msg BOB case does not matter")
-    await next_is(alice, "[private to bob] <alice> case does not matter")
-    await next_is(bob, "[private] <alice> case does not matter")
-    await bob.send("/query alice alias works")
-    await next_is(alice, "[private] <bob> alias works")
-
-    await alice.send("/msg zed hello")
-    await next_is(alice, "!!! Nobody called 'zed' is online.")
-    await alice.send("/msg bob")
-    await next_is(alice, "!!! Usage: /msg nick text")
-    await alice.send("/msg")
-    await next_is(alice, "!!! Usage: /msg nick text")
+    await refused(
+        alice,
+        [
+            (
+                "/msg zed hello",
+                {"type": "msg", "nick": "zed", "text": "hello"},
+                "no_such_nick",
+                "Nobody called 'zed' is online.",
+            ),
+            ("/msg bob", None, "bad_arguments", "Usage: /msg nick text"),
+            ("/msg", None, "bad_arguments", "Usage: /msg nick text"),
+            (
+                None,
+                {"type": "msg", "nick": "bob", "text": "  "},
+                "bad_arguments",
+                "Usage: /msg nick text",
+            ),
+        ],
+    )
 
     # A message to oneself arrives exactly once.
-    await alice.send("/msg alice note to self")
-    await alice.send("/ping after-note")
-    await next_is(alice, "[private] <alice> note to self", "*** pong after-note")
-    await alice.close()
-    await bob.close()
-
-
-async def test_json_msg(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
-    await alice.send({"type": "msg", "nick": "Bob", "text": "psst"})
-    await alice.next_is("private", nick="alice", target="bob", echo=True, text="psst")
-    await bob.next_is("private", nick="alice", target="bob", echo=False, text="psst")
-    assert bob.objects[-1]["room"] is None
-    await alice.send({"type": "msg", "nick": "zed", "text": "hello"})
-    await alice.next_is("error", code="no_such_nick")
-    await alice.send({"type": "msg", "nick": "bob", "text": "  "})
-    await alice.next_is("error", code="bad_arguments")
-    await alice.send({"type": "msg", "nick": "alice", "text": "note to self"})
-    await alice.send({"type": "ping", "token": "after-note"})
+    await alice.send("msg", nick="alice", text="note to self")
+    await alice.send("ping", token="after-note")
     await alice.next_is("private", nick="alice", target="alice", echo=False, text="note to self")
     await alice.next_is("pong", text="after-note")
     await alice.close()
@@ -878,200 +729,172 @@ async def test_json_msg(chat: ChatServer) -> None:
 
 # --- nick ---------------------------------------------------------------------------------
 
-
-async def test_text_nick(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    carol = await text_user(chat.port, "carol")
-    dave = await text_user(chat.port, "dave")
-    # alice and bob share #lobby and #dev; carol shares only #lobby; dave shares nothing.
-    await alice.send("/join #dev")
-    await wait_for(alice, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 2 in #dev: alice, bob")
-    await dave.send("/join #other")
-    await wait_for(dave, "[#other] *** 1 in #other: dave")
-    await dave.send("/part #lobby")
-    await wait_for(dave, "[#lobby] *** dave left #lobby")
-    await wait_for(carol, "[#lobby] *** dave left #lobby")
-    await wait_for(bob, "[#lobby] *** dave left #lobby")
-
-    await alice.send("/nick alicia")
-    await alice.send("/join #lobby")
-    await alice.send("marker one")
-    announced = "*** alice is now known as alicia"
-    for client in (alice, bob, carol):
-        seen = await wait_for(client, "[#lobby] <alicia> marker one")
-        assert seen.count(announced) == 1, (client, seen)
-    await alice.send("/join #other")
-    assert await wait_for(dave, "[#other] *** alicia joined #other") == [
-        "[#other] *** alicia joined #other"
+NICK_REFUSALS: list[Refusal] = [
+    (
+        f"/nick {nick}",
+        {"type": "nick", "nick": nick},
+        code,
+        reason,
+    )
+    for nick, code, reason in [
+        ("BOB", "nick_taken", "The nickname 'BOB' is already in use; choose another."),
+        ("Bob", "nick_taken", "The nickname 'Bob' is already in use; choose another."),
+        (
+            "b0b",
+            "nick_confusable",
+            "The nickname 'b0b' looks too much like 'bob', who is online; choose another.",
+        ),
+        (
+            "B0B",
+            "nick_confusable",
+            "The nickname 'B0B' looks too much like 'bob', who is online; choose another.",
+        ),
+        ("9lives", "nick_invalid", "A nickname must start with a letter (a-z, A-Z)."),
+        ("admin", "nick_reserved", "The nickname 'admin' is reserved."),
+        ("root", "nick_reserved", "The nickname 'root' is reserved."),
     ]
+] + [
+    ("/nick a b", None, "bad_arguments", "Usage: /nick newnick"),
+    (
+        None,
+        {"type": "nick", "nick": "x y"},
+        "nick_invalid",
+        "Nickname contains ' '; use only letters a-z, digits, '_' and '-'.",
+    ),
+]
+
+
+async def test_nick(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    carol = await dialect.user(chat.port, "carol")
+    dave = await dialect.user(chat.port, "dave")
+    # alice and bob share #lobby and #dev; carol shares only #lobby; dave shares nothing.
+    await alice.send("join", room="#dev")
+    await alice.until("who", room="#dev", members=["alice"])
+    await bob.send("join", room="#dev")
+    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await alice.until("join", room="#dev", nick="bob")
+    await dave.send("join", room="#other")
+    await dave.until("who", room="#other", members=["dave"])
+    await dave.send("part", room="#lobby")
+    await dave.until("part", room="#lobby", nick="dave", text="")
+    for client in (alice, bob, carol):
+        await client.until("part", room="#lobby", nick="dave", text="")
+
+    # Announced once to each who shares a room with alice, however many rooms they share.
+    await alice.send("nick", nick="alicia")
+    await alice.send("join", room="#lobby")
+    await alice.send("say", text="marker one")
+    renamed: dict[str, Any] = {"room": None, "nick": "alice", "new_nick": "alicia"}
+    said: dict[str, Any] = {"room": "#lobby", "nick": "alicia", "text": "marker one"}
+    await alice.next_is("nick", **renamed)
+    await alice.next_is("notice", room="#lobby", text=NOW_IN_LOBBY)
+    await alice.next_is("message", **said)
+    for client in (bob, carol):
+        await client.next_is("nick", **renamed)
+        await client.next_is("message", **said)
+    await alice.send("join", room="#other")
+    await alice.next_is("join", room="#other", nick="alicia")
+    await alice.next_is("who", room="#other", members=["alicia", "dave"])
+    seen = await dave.until("join", room="#other", nick="alicia")
+    assert len(seen) == 1, seen  # dave, who shared no room, was not told of the rename
 
     # Case change of one's own nickname is allowed and announced.
-    await alice.send("/nick Alicia")
-    await next_is(bob, "*** alicia is now known as Alicia")
-    await bob.send("/who #dev")
-    await wait_for(bob, "[#dev] *** 2 in #dev: Alicia, bob")
+    await alice.send("nick", nick="Alicia")
+    await alice.next_is("nick", room=None, nick="alicia", new_nick="Alicia")
+    await bob.next_is("nick", room=None, nick="alicia", new_nick="Alicia")
+    await bob.send("who", room="#dev")
+    await bob.next_is("who", room="#dev", members=["Alicia", "bob"])
 
-    # Refusals.
-    await alice.send("/nick BOB")
-    await wait_for(alice, "!!! The nickname 'BOB' is already in use; choose another.")
-    await alice.send("/nick b0b")
-    await wait_for(
-        alice, "!!! The nickname 'b0b' looks too much like 'bob', who is online; choose another."
-    )
-    await alice.send("/nick 9lives")
-    await wait_for(alice, "!!! A nickname must start with a letter (a-z, A-Z).")
-    await alice.send("/nick admin")
-    await wait_for(alice, "!!! The nickname 'admin' is reserved.")
-    await alice.send("/nick a b")
-    await wait_for(alice, "!!! Usage: /nick newnick")
+    await refused(alice, NICK_REFUSALS)
 
     # The old nickname is free again; messages to it go nowhere.
-    await bob.send("/msg alice hello?")
-    await wait_for(bob, "!!! Nobody called 'alice' is online.")
-    again = await text_user(chat.port, "alice")
+    await bob.send("msg", nick="alice", text="hello?")
+    await bob.next_is("error", code="no_such_nick", text="Nobody called 'alice' is online.")
+    again = await dialect.user(chat.port, "alice")
     for client in (alice, bob, carol, dave, again):
         await client.close()
-
-
-async def test_json_nick(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    await alice.expect("join", nick="bob")
-    await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await bob.call({"type": "join", "room": "#dev"}, "who", room="#dev")
-    await alice.expect("join", room="#dev", nick="bob")
-
-    await alice.send({"type": "nick", "nick": "alicia"})
-    await alice.send({"type": "say", "room": "#lobby", "text": "marker"})
-    for client in (alice, bob):
-        seen = await client.until("message", text="marker")
-        assert [(e.type, e.nick, getattr(e, "new_nick", None)) for e in seen] == [
-            ("nick", "alice", "alicia"),
-            ("message", "alicia", None),
-        ]
-        assert seen[0].room is None
-    await alice.send({"type": "nick", "nick": "ALICIA"})
-    await alice.next_is("nick", nick="alicia", new_nick="ALICIA")
-    await alice.send({"type": "nick", "nick": "Bob"})
-    await alice.next_is("error", code="nick_taken")
-    await alice.send({"type": "nick", "nick": "B0B"})
-    await alice.next_is("error", code="nick_confusable")
-    await alice.send({"type": "nick", "nick": "root"})
-    await alice.next_is("error", code="nick_reserved")
-    await alice.send({"type": "nick", "nick": "x y"})
-    await alice.next_is("error", code="nick_invalid")
-    await alice.close()
-    await bob.close()
 
 
 # --- quit ---------------------------------------------------------------------------------
 
 
-async def test_text_quit(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    carol = await text_user(chat.port, "carol")
-    await alice.send("/join #dev")  # alice and bob share two rooms
-    await wait_for(alice, "[#dev] *** 1 in #dev: alice")
-    await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 2 in #dev: alice, bob")
-    await wait_for(alice, "[#dev] *** bob joined #dev")
-    await alice.send("/quit gone fishing")
-    assert await alice.eof() == ["*** Closing connection: Goodbye."]
-    await next_is(bob, "*** alice quit (gone fishing)")  # once, though they shared two rooms
-    await wait_for(carol, "*** alice quit (gone fishing)")
-    await carol.send("marker")
-    await next_is(bob, "[#lobby] <carol> marker")
-    await bob.send("/who")
-    await next_is(bob, "[#dev] *** 1 in #dev: bob")
-    await bob.send("/quit")
-    await next_is(carol, "[#lobby] <carol> marker", "*** bob quit (Quit)")
-    await carol.close()
-
-
-async def test_json_quit(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
-    carol = await text_user(chat.port, "carol")
-    await alice.expect("join", nick="carol")
-    await alice.send({"type": "quit", "reason": "gone fishing"})
-    tail = await alice.eof()
-    assert [(e.type, getattr(e, "code", None), e.text) for e in tail] == [
-        ("bye", "quit", "Goodbye.")
-    ]
-    await bob.expect("quit", nick="alice", text="gone fishing", room=None)
-    await wait_for(carol, "*** alice quit (gone fishing)")
-    await bob.close()
+async def test_quit(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    bob = await dialect.user(chat.port, "bob")
+    carol = await TEXT.user(chat.port, "carol")  # a person watches in both cases
+    await alice.send("join", room="#dev")  # alice and bob share two rooms
+    await alice.until("who", room="#dev", members=["alice"])
+    await bob.send("join", room="#dev")
+    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await alice.until("join", room="#dev", nick="bob")
+    await alice.send("quit", reason="gone fishing")
+    await alice.next_is("bye", code="quit", text="Goodbye.")
+    assert await alice.eof() == []
+    # Once to bob, though they shared two rooms.
+    await bob.next_is("quit", room=None, nick="alice", text="gone fishing")
+    await carol.until("quit", room=None, nick="alice", text="gone fishing")
+    await carol.send("say", text="marker")
+    await bob.next_is("message", room="#lobby", nick="carol", text="marker")
+    await bob.send("who")
+    await bob.next_is("who", room="#dev", members=["bob"])
+    await bob.send("quit")
+    await carol.next_is("message", room="#lobby", nick="carol", text="marker")
+    await carol.next_is("quit", room=None, nick="bob", text="Quit")
+    await bob.next_is("bye", code="quit", text="Goodbye.")
+    assert await bob.eof() == []
     await carol.close()
 
 
 # --- help, ping, unknown commands, literal slash, empty lines --------------------------------
 
+HELP_LAST = "Start a line with // to say something that begins with /."
 
-async def test_text_help(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    await alice.send("/help")
-    lines = await wait_for(alice, "*** Start a line with // to say something that begins with /.")
-    assert lines[0] == "*** Commands (a line not starting with / is said in your active room):"
+
+async def test_help(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    await alice.send("help")
+    lines = (await alice.notice(HELP_LAST)).split("\n")
+    assert lines[0] == "Commands (a line not starting with / is said in your active room):"
     typed = [spec for spec in COMMANDS if spec.typed]
     assert len(lines) == len(typed) + 2
     for spec, line in zip(typed, lines[1:-1], strict=True):
-        assert line.startswith(f"***   /{spec.name}"), line
-    await alice.send("/help join")
-    await next_is(
-        alice, "*** /join #room: Join a room (created on first use) and make it your active room."
+        assert line.startswith(f"  /{spec.name}"), line
+        assert spec.usage in line, line
+    for command, answer in [
+        ("join", "/join #room: Join a room (created on first use) and make it your active room."),
+        ("/MSG", "/msg nick text: Send a private message that only nick sees."),
+        ("list", f"/rooms [+N] [text]: {lookup('rooms', typed=True).help}"),
+    ]:
+        await alice.send("help", command=command)
+        await alice.next_is("notice", room=None, text=answer)
+    await alice.send("help", command="frob")
+    await alice.next_is(
+        "error", code="unknown_command", text="No command /frob; type /help for the list."
     )
-    await alice.send("/help /MSG")
-    await next_is(alice, "*** /msg nick text: Send a private message that only nick sees.")
-    await alice.send("/help list")
-    await next_is(alice, f"*** /rooms [+N] [text]: {lookup('rooms', typed=True).help}")
-    await alice.send("/help frob")
-    await next_is(alice, "!!! No command /frob; type /help for the list.")
-    await roundtrip(alice, "after-help")
+    await alice.send("ping", token="after-help")
+    await alice.next_is("pong", text="after-help")
     await alice.close()
 
 
-async def test_json_help(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    await alice.send({"type": "help"})
-    notice = await alice.next_is("notice", room=None)
-    for spec in COMMANDS:
-        assert spec.usage in notice.text or not spec.typed
-    await alice.send({"type": "help", "command": "join"})
-    await alice.next_is("notice", text=f"/join #room: {lookup('join', typed=True).help}")
-    await alice.send({"type": "help", "command": "frob"})
-    await alice.next_is("error", code="unknown_command")
-    await alice.close()
-
-
-async def test_text_ping(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    await alice.send("/ping abc 123")
-    await next_is(alice, "*** pong abc 123")
-    await alice.send("/ping")
-    await next_is(alice, "*** pong")
-    await alice.close()
-
-
-async def test_json_ping_and_pong(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    await alice.send({"type": "ping", "token": "abc"})
-    await alice.next_is("pong", text="abc")
-    await alice.send({"type": "ping"})
+async def test_ping(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    await alice.send("ping", token="abc 123")
+    await alice.next_is("pong", text="abc 123")
+    await alice.send("ping")
     await alice.next_is("pong", text="")
-    await alice.send({"type": "pong", "token": "unsolicited"})  # answered by nothing
-    await alice.send({"type": "ping", "token": "marker"})
+    # An unsolicited pong (JSON only: people have no /pong) is answered by nothing.
+    await alice.send_as(text=None, json={"type": "pong", "token": "unsolicited"})
+    await alice.send("ping", token="marker")
     await alice.next_is("pong", text="marker")
     await alice.close()
 
 
 async def test_json_server_ping_keepalive(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0, ping_interval=0.2, ping_timeout=0.4)
-    alice = await json_user(server.port, "alice")
-    text_user_ = await text_user(server.port, "tex")  # text clients are never pinged
+    alice = await JsonClient.connect(server.port, "alice")
+    text_user_ = await LineClient.connect(server.port, "tex")  # text clients are never pinged
     ping = await alice.expect("ping")
     assert ping.text.isdigit()
     assert set(COMMON_FIELDS) <= set(alice.objects[-1])
@@ -1080,25 +903,37 @@ async def test_json_server_ping_keepalive(start_server: StartServer) -> None:
     tail = await alice.eof()  # not answered this time
     assert [(e.type, getattr(e, "code", None)) for e in tail] == [("bye", "ping_timeout")]
     await text_user_.send("/ping alive")
-    await wait_for(text_user_, "*** pong alive")
+    await text_user_.until("*** pong alive")
     assert not any(line.startswith("*** ping ") for line in text_user_.seen)
     await text_user_.close()
 
 
-async def test_text_unknown_command(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    await alice.send("/frobnicate now")
-    await next_is(alice, "!!! Unknown command /frobnicate; type /help for the list.")
-    await roundtrip(alice, "still-open")
+async def test_unknown_command(chat: ChatServer, dialect: Dialect) -> None:
+    alice = await dialect.user(chat.port, "alice")
+    await refused(
+        alice,
+        [
+            (
+                "/frobnicate now",
+                None,
+                "unknown_command",
+                "Unknown command /frobnicate; type /help for the list.",
+            ),
+            (
+                None,
+                {"type": "frobnicate"},
+                "unknown_command",
+                "Unknown command type 'frobnicate'; see protocol.md.",
+            ),
+        ],
+    )
+    await alice.send("ping", token="still-open")
+    await alice.next_is("pong", text="still-open")
     await alice.close()
 
 
-async def test_json_unknown_type_and_bad_json(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    await alice.send({"type": "frobnicate"})
-    await alice.next_is(
-        "error", code="unknown_command", text="Unknown command type 'frobnicate'; see protocol.md."
-    )
+async def test_json_bad_json_and_bad_fields(chat: ChatServer) -> None:
+    alice = await JsonClient.connect(chat.port, "alice")
     await alice.send_raw(b"this is not json\n")
     await alice.next_is("error", code="bad_json", text="Line is not valid JSON.")
     await alice.send_raw(b"[1, 2, 3]\n")
@@ -1125,19 +960,19 @@ async def test_json_unknown_type_and_bad_json(chat: ChatServer) -> None:
 
 
 async def test_text_literal_slash_and_empty_lines(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    await wait_for(alice, "[#lobby] *** bob joined #lobby")
+    alice = await LineClient.connect(chat.port, "alice")
+    bob = await LineClient.connect(chat.port, "bob")
+    await alice.until("[#lobby] *** bob joined #lobby")
     await alice.send("//shrug")
-    await next_is(alice, "[#lobby] <alice> /shrug")
-    await next_is(bob, "[#lobby] <alice> /shrug")
+    await alice.next_is("[#lobby] <alice> /shrug")
+    await bob.next_is("[#lobby] <alice> /shrug")
     await alice.send("///etc/passwd is a path")
-    await next_is(alice, "[#lobby] <alice> //etc/passwd is a path")
+    await alice.next_is("[#lobby] <alice> //etc/passwd is a path")
     await alice.send_raw(b"\r\n\n   \r\n\t\r\n")
     await alice.send("after the blanks")
-    await next_is(alice, "[#lobby] <alice> after the blanks")
-    await next_is(
-        bob, "[#lobby] <alice> //etc/passwd is a path", "[#lobby] <alice> after the blanks"
+    await alice.next_is("[#lobby] <alice> after the blanks")
+    await bob.next_is(
+        "[#lobby] <alice> //etc/passwd is a path", "[#lobby] <alice> after the blanks"
     )
     await alice.close()
     await bob.close()
@@ -1147,32 +982,32 @@ async def test_text_literal_slash_and_empty_lines(chat: ChatServer) -> None:
 
 
 async def test_room_message_reaches_exactly_its_members(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")  # #lobby, #dev, #other
-    bob = await text_user(chat.port, "bob")  # #lobby, #dev
-    carol = await json_user(chat.port, "carol")  # #other only
-    dave = await text_user(chat.port, "dave")  # #lobby only
+    alice = await JsonClient.connect(chat.port, "alice")  # #lobby, #dev, #other
+    bob = await LineClient.connect(chat.port, "bob")  # #lobby, #dev
+    carol = await JsonClient.connect(chat.port, "carol")  # #other only
+    dave = await LineClient.connect(chat.port, "dave")  # #lobby only
     await carol.call({"type": "join", "room": "#other"}, "who", room="#other")
     await carol.call({"type": "part", "room": "#lobby"}, "part", nick="carol")
     await bob.send("/join #dev")
-    await wait_for(bob, "[#dev] *** 1 in #dev: bob")
+    await bob.until("[#dev] *** 1 in #dev: bob")
     await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
     await alice.call({"type": "join", "room": "#other"}, "who", room="#other")
     await carol.expect("join", room="#other", nick="alice")
-    await wait_for(dave, "[#lobby] *** carol left #lobby")
+    await dave.until("[#lobby] *** carol left #lobby")
 
     carol_start = len(carol.events)
     await alice.send({"type": "say", "room": "#dev", "text": "secret plan"})
-    await wait_for(bob, "[#dev] <alice> secret plan")
+    await bob.until("[#dev] <alice> secret plan")
     await alice.expect("message", room="#dev", text="secret plan")
     await alice.send({"type": "say", "room": "#other", "text": "marker for carol"})
     await alice.send({"type": "say", "room": "#lobby", "text": "marker for dave"})
 
     await carol.expect("message", text="marker for carol")
     assert says(carol.events[carol_start:]) == [("message", "#other", "alice", "marker for carol")]
-    assert await wait_for(dave, "[#lobby] <alice> marker for dave") == [
+    assert await dave.until("[#lobby] <alice> marker for dave") == [
         "[#lobby] <alice> marker for dave"
     ]
-    assert await wait_for(bob, "[#lobby] <alice> marker for dave") == [
+    assert await bob.until("[#lobby] <alice> marker for dave") == [
         "[#lobby] <alice> marker for dave"
     ]
     for client in (alice, bob, carol, dave):
@@ -1180,22 +1015,22 @@ async def test_room_message_reaches_exactly_its_members(chat: ChatServer) -> Non
 
 
 async def test_private_message_reaches_only_its_target(chat: ChatServer) -> None:
-    alice = await text_user(chat.port, "alice")
-    bob = await text_user(chat.port, "bob")
-    carol = await json_user(chat.port, "carol")
-    dave = await text_user(chat.port, "dave")
-    await wait_for(alice, "[#lobby] *** dave joined #lobby")
-    await wait_for(bob, "[#lobby] *** dave joined #lobby")
+    alice = await LineClient.connect(chat.port, "alice")
+    bob = await LineClient.connect(chat.port, "bob")
+    carol = await JsonClient.connect(chat.port, "carol")
+    dave = await LineClient.connect(chat.port, "dave")
+    await alice.until("[#lobby] *** dave joined #lobby")
+    await bob.until("[#lobby] *** dave joined #lobby")
     await carol.expect("join", nick="dave")
 
     carol_start = len(carol.events)
     await alice.send("/msg bob the password is swordfish")
-    await next_is(bob, "[private] <alice> the password is swordfish")
-    await next_is(alice, "[private to bob] <alice> the password is swordfish")
+    await bob.next_is("[private] <alice> the password is swordfish")
+    await alice.next_is("[private to bob] <alice> the password is swordfish")
     await alice.send("marker")
-    await next_is(alice, "[#lobby] <alice> marker")
-    await next_is(bob, "[#lobby] <alice> marker")
-    assert await wait_for(dave, "[#lobby] <alice> marker") == ["[#lobby] <alice> marker"]
+    await alice.next_is("[#lobby] <alice> marker")
+    await bob.next_is("[#lobby] <alice> marker")
+    assert await dave.until("[#lobby] <alice> marker") == ["[#lobby] <alice> marker"]
     await carol.expect("message", text="marker")
     assert says(carol.events[carol_start:]) == [("message", "#lobby", "alice", "marker")]
     for client in (alice, bob, carol, dave):
@@ -1222,8 +1057,8 @@ def check_event_shape(obj: dict[str, Any]) -> None:
 
 
 async def test_every_json_event_carries_the_common_fields(chat: ChatServer) -> None:
-    alice = await json_user(chat.port, "alice")
-    bob = await json_user(chat.port, "bob")
+    alice = await JsonClient.connect(chat.port, "alice")
+    bob = await JsonClient.connect(chat.port, "bob")
     await alice.expect("join", nick="bob")
     await alice.call({"type": "say", "text": "hi"}, "message")
     await alice.call({"type": "me", "text": "waves"}, "action")
@@ -1268,8 +1103,8 @@ async def test_history_replays_last_messages_with_original_timestamps(
     start_server: StartServer,
 ) -> None:
     server = await start_server(max_per_ip=0, rate=0, history=3)
-    alice = await json_user(server.port, "alice")
-    bob = await text_user(server.port, "bob")
+    alice = await JsonClient.connect(server.port, "alice")
+    bob = await LineClient.connect(server.port, "bob")
     await alice.call({"type": "join", "room": "#h"}, "who", room="#h")
 
     live: dict[str, Event] = {}
@@ -1281,17 +1116,17 @@ async def test_history_replays_last_messages_with_original_timestamps(
 
     await say("m1")
     await bob.send("/join #h")  # join/part noise must not be replayed
-    await wait_for(bob, "[#h] *** 2 in #h: alice, bob")
+    await bob.until("[#h] *** 2 in #h: alice, bob")
     await say("m2")
     await bob.send("/part #h")
-    await wait_for(bob, "[#h] *** bob left #h")
+    await bob.until("[#h] *** bob left #h")
     await say("m3", "me")
     await alice.call({"type": "topic", "room": "#h", "text": "History"}, "topic", nick="alice")
     await bob.send("/nick bobby")
-    await wait_for(bob, "*** bob is now known as bobby")
+    await bob.until("*** bob is now known as bobby")
     await say("m4")
 
-    carol = await json_user(server.port, "carol")
+    carol = await JsonClient.connect(server.port, "carol")
     await carol.send({"type": "join", "room": "#h"})
     await carol.next_is("join", room="#h", nick="carol")
     await carol.next_is("topic", room="#h", nick=None, text="History")
@@ -1313,10 +1148,9 @@ async def test_history_replays_last_messages_with_original_timestamps(
         check_event_shape(obj)
 
     # The text dialect marks a replay with its original time, in UTC.
-    dave = await text_user(server.port, "dave")
+    dave = await LineClient.connect(server.port, "dave")
     await dave.send("/join #h")
-    await next_is(
-        dave,
+    await dave.next_is(
         "[#h] *** dave joined #h",
         "[#h] *** Topic: History",
         "[#h] *** 3 in #h: alice, carol, dave",
@@ -1325,19 +1159,19 @@ async def test_history_replays_last_messages_with_original_timestamps(
         f"[#h] (history {utc_minute(live['m5'].ts)}) <alice> m5",
     )
     await say("m6")
-    await next_is(dave, "[#h] <alice> m6")
+    await dave.next_is("[#h] <alice> m6")
     for client in (alice, bob, carol, dave):
         await client.close()
 
 
 async def test_lobby_history_at_registration(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0, rate=0, history=3)
-    alice = await text_user(server.port, "alice")
+    alice = await LineClient.connect(server.port, "alice")
     for n in range(1, 5):
         await alice.send(f"lobby {n}")
-        await wait_for(alice, f"[#lobby] <alice> lobby {n}")
+        await alice.until(f"[#lobby] <alice> lobby {n}")
     bob = await LineClient.connect(server.port)
-    await next_is(bob, *GREETING)
+    await bob.next_is(*GREETING)
     await bob.send("bob")
     lines = [await bob.line() for _ in range(6)]
     assert lines[:3] == [
@@ -1350,10 +1184,9 @@ async def test_lobby_history_at_registration(start_server: StartServer) -> None:
             rf"\[#lobby\] \(history \d{{4}}-\d\d-\d\d \d\d:\d\d UTC\) <alice> lobby {n}", line
         ), line
     await alice.send("live")
-    await next_is(bob, "[#lobby] <alice> live")
+    await bob.next_is("[#lobby] <alice> live")
 
-    jay = await RawJsonClient.connect(server.port, nick="jay")
-    assert isinstance(jay, RawJsonClient)
+    jay = await JsonClient.connect(server.port, nick="jay")
     replay = [await jay.event() for _ in range(3)]
     assert [(e.text, getattr(e, "history", None)) for e in replay] == [
         ("lobby 3", True),
@@ -1366,20 +1199,20 @@ async def test_lobby_history_at_registration(start_server: StartServer) -> None:
 
 async def test_history_zero_turns_history_off(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0, rate=0, history=0)
-    alice = await text_user(server.port, "alice")
+    alice = await LineClient.connect(server.port, "alice")
     await alice.send("/join #h")
     await alice.send("in h")
     await alice.send("/join #lobby")
     await alice.send("in lobby")
-    await wait_for(alice, "[#lobby] <alice> in lobby")
-    bob = await text_user(server.port, "bob")  # registered: #lobby joined, no replay
+    await alice.until("[#lobby] <alice> in lobby")
+    bob = await LineClient.connect(server.port, "bob")  # registered: #lobby joined, no replay
     await alice.send("marker 1")
-    await next_is(bob, "[#lobby] <alice> marker 1")
+    await bob.next_is("[#lobby] <alice> marker 1")
     await bob.send("/join #h")
-    await next_is(bob, "[#h] *** bob joined #h", "[#h] *** 2 in #h: alice, bob")
+    await bob.next_is("[#h] *** bob joined #h", "[#h] *** 2 in #h: alice, bob")
     await alice.send("/join #h")
     await alice.send("marker 2")
-    await next_is(bob, "[#h] <alice> marker 2")
+    await bob.next_is("[#h] <alice> marker 2")
     await alice.close()
     await bob.close()
 
@@ -1428,7 +1261,7 @@ class TelnetSocket:
 
 
 async def test_telnet_session(chat: ChatServer) -> None:
-    bob = await text_user(chat.port, "bob")
+    bob = await LineClient.connect(chat.port, "bob")
     tel = await TelnetSocket.connect(chat.port)
     await tel.send(TELNET_OPENING)
     assert [await tel.line(), await tel.line()] == GREETING
@@ -1436,12 +1269,12 @@ async def test_telnet_session(chat: ChatServer) -> None:
     assert await tel.line() == "*** Welcome, telnet! Type /help for the commands."
     assert await tel.line() == "[#lobby] *** telnet joined #lobby"
     assert await tel.line() == "[#lobby] *** 2 in #lobby: bob, telnet"
-    await wait_for(bob, "[#lobby] *** telnet joined #lobby")
+    await bob.until("[#lobby] *** telnet joined #lobby")
 
     # Negotiation inside a line: IAC NOP, IAC DONT ECHO.
     await tel.send(b"hello \xff\xf1wor\xff\xfe\x01ld\r\n")
     assert await tel.line() == "[#lobby] <telnet> hello world"
-    await next_is(bob, "[#lobby] <telnet> hello world")
+    await bob.next_is("[#lobby] <telnet> hello world")
 
     # Character at a time, as telnet does in character mode.
     for byte in b"/who\r\n":
@@ -1458,22 +1291,22 @@ async def test_telnet_session(chat: ChatServer) -> None:
         assert await tel.reader.read() == b""
     assert tel.received.endswith(b"\r\n")
     tel.writer.close()
-    await wait_for(bob, "*** telnet quit (Quit)")
+    await bob.until("*** telnet quit (Quit)")
     await bob.close()
 
 
 async def test_telnet_cr_nul_ends_a_line(chat: ChatServer) -> None:
     """Telnet in character mode sends Return as CR NUL (RFC 854); that ends a line too."""
-    bob = await text_user(chat.port, "bob")
+    bob = await LineClient.connect(chat.port, "bob")
     tel = await TelnetSocket.connect(chat.port)
     await tel.send(TELNET_OPENING)
     assert [await tel.line(), await tel.line()] == GREETING
     await tel.send(b"telnet\r\n")
     assert await tel.line() == "*** Welcome, telnet! Type /help for the commands."
-    await wait_for(bob, "[#lobby] *** telnet joined #lobby")
+    await bob.until("[#lobby] *** telnet joined #lobby")
     await tel.send(b"first\r\0")
     await tel.send(b"second\r\n")
-    await next_is(bob, "[#lobby] <telnet> first", "[#lobby] <telnet> second")
+    await bob.next_is("[#lobby] <telnet> first", "[#lobby] <telnet> second")
     tel.writer.close()
     await bob.close()
 
@@ -1481,95 +1314,15 @@ async def test_telnet_cr_nul_ends_a_line(chat: ChatServer) -> None:
 # --- chat-server as a process ---------------------------------------------------------------
 
 
-def chat_server_script() -> str:
-    script = Path(sys.executable).parent / "chat-server"
-    if script.exists():
-        return str(script)
-    found = shutil.which("chat-server")
-    if found is None:
-        pytest.fail("the chat-server console script is not installed (pip install -e .)")
-    return found
-
-
-class ServerProcess:
-    """A running ``chat-server``; its stderr is collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log: list[str] = []
-        self.port = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    async def _wait_listening(self) -> None:
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(15):
-            while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    pytest.fail(f"chat-server exited before listening: {self.log}")
-                self.log.append(raw.decode(errors="replace").rstrip())
-                found = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log[-1])
-                if found:
-                    self.port = int(found.group(1))
-                    break
-        self._drain = asyncio.create_task(self._collect())
-
-    async def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip())
-
-    async def wait(self, seconds: float) -> int:
-        """The exit code, which must come within ``seconds``."""
-        async with asyncio.timeout(seconds):
-            code = await self.proc.wait()
-            if self._drain is not None:
-                await self._drain
-        return code
-
-
-SpawnServer = Callable[..., Awaitable[ServerProcess]]
-
-
-@pytest.fixture
-async def spawn_server() -> AsyncIterator[SpawnServer]:
-    started: list[ServerProcess] = []
-
-    async def spawn(*args: str) -> ServerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            chat_server_script(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        server = ServerProcess(proc)
-        started.append(server)
-        await server._wait_listening()
-        return server
-
-    yield spawn
-    for server in started:
-        if server.proc.returncode is None:
-            server.proc.kill()
-            await server.proc.wait()
-        if server._drain is not None:
-            server._drain.cancel()
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_chat_server_shuts_down_gracefully(
     spawn_server: SpawnServer, signum: signal.Signals
 ) -> None:
     server = await spawn_server()
-    alice = await text_user(server.port, "alice")
-    bob = await text_user(server.port, "bob")
-    jay = await json_user(server.port, "jay")
-    await wait_for(alice, "[#lobby] *** jay joined #lobby")
+    alice = await LineClient.connect(server.port, "alice")
+    bob = await LineClient.connect(server.port, "bob")
+    jay = await JsonClient.connect(server.port, "jay")
+    await alice.until("[#lobby] *** jay joined #lobby")
 
     server.proc.send_signal(signum)
     for client in (alice, bob):
@@ -1596,7 +1349,7 @@ async def stuck_reader_during_shutdown(server: ServerProcess) -> tuple[LineClien
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
     stuck = LineClient(*await asyncio.open_connection(sock=sock))
     await stuck.register("stuck")
-    flooder = await text_user(server.port, "flooder")
+    flooder = await LineClient.connect(server.port, "flooder")
     chunk = "x" * 60_000
 
     async def flood() -> None:
@@ -1653,7 +1406,7 @@ def help_blocks() -> dict[str, str]:
     """``chat-server --help`` cut into one whitespace-normalised block per option."""
     env = {**os.environ, "COLUMNS": "200"}
     result = subprocess.run(
-        [chat_server_script(), "--help"],
+        [*CHAT_SERVER, "--help"],
         capture_output=True,
         text=True,
         timeout=20,

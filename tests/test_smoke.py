@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from chat.server import ChatServer
-from tests.helpers import JsonClient, LineClient
+from tests.harness import JsonClient, LineClient
 
 
 async def test_text_and_json_clients_talk(server: ChatServer) -> None:
-    alice = await LineClient.connect(server.port)
-    await alice.register("alice")
+    alice = await LineClient.connect(server.port, nick="alice")
     bob = await JsonClient.connect(server.port, nick="bob")
     await alice.expect(r"^\[#lobby\] \*\*\* bob joined #lobby$")
     await alice.send("hello bob")

@@ -184,10 +184,11 @@ SpawnServer = Callable[..., Awaitable[ServerProcess]]
 @pytest.fixture
 async def spawn_server() -> AsyncIterator[SpawnServer]:
     """Start ``chat-server --host 127.0.0.1 --port 0 *args``; ``listeners`` is how many
-    "listening on" lines to wait for (one per worker). Every one is killed at teardown."""
+    "listening on" lines to wait for (one per worker), ``options`` go to
+    ``asyncio.create_subprocess_exec`` (e.g. ``preexec_fn``). Every one is killed at teardown."""
     started: list[ServerProcess] = []
 
-    async def spawn(*args: str, listeners: int = 1) -> ServerProcess:
+    async def spawn(*args: str, listeners: int = 1, **options: Any) -> ServerProcess:
         proc = await asyncio.create_subprocess_exec(
             *CHAT_SERVER,
             "--host",
@@ -199,6 +200,7 @@ async def spawn_server() -> AsyncIterator[SpawnServer]:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            **options,
         )
         server = ServerProcess(proc)
         started.append(server)
@@ -443,6 +445,20 @@ class JsonClient:
         start = len(self.events)
         await self.expect(type_, **fields)
         return self.events[start:]
+
+    async def objects_until(
+        self, wanted: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> list[dict[str, Any]]:
+        """Every JSON object up to and including the first for which ``wanted`` is true."""
+        start = len(self.objects)
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    await self.event(timeout)
+                except EOFError:
+                    raise EOFError(f"closed; saw {self.objects[start:][-3:]}") from None
+                if wanted(self.objects[-1]):
+                    return self.objects[start:]
 
     async def eof(self, timeout: float = WAIT) -> list[Event]:
         """Read events until the server closes the connection."""

@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import resource
 import socket
 import ssl
-import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -22,45 +20,15 @@ from chat.commands import Request, RoomsCommand
 from chat.errors import ErrorCode
 from chat.hub import Hub
 from chat.protocol import MAX_COMBINING
-from chat.server import DESCRIPTOR_RESERVE, ChatServer
-from tests.conftest import StartServer
-from tests.helpers import make_certificate
+from chat.server import DESCRIPTOR_RESERVE
+from tests.harness import JsonClient, SpawnServer, StartServer
 
 WAIT = 10.0
 
 
-async def open_json(server: ChatServer, nick: str) -> tuple[asyncio.StreamReader, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(json.dumps({"type": "hello", "nick": nick, "id": "reg"}).encode() + b"\n")
-    await until(reader, lambda e: e["type"] == "who")
-    return reader, writer
-
-
-async def until(reader: asyncio.StreamReader, wanted: Any) -> list[dict[str, Any]]:
-    """Every JSON event up to and including the first for which ``wanted`` is true."""
-    seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(WAIT):
-        while True:
-            raw = await reader.readline()
-            if not raw:
-                raise EOFError(f"closed; saw {seen[-3:]}")
-            if raw.startswith(b"{"):
-                seen.append(json.loads(raw))
-                if wanted(seen[-1]):
-                    return seen
-
-
-async def all_until_eof(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
-    """Every JSON event until the server closes (a reset counts: we sent more than it read)."""
-    seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(WAIT):
-        try:
-            while raw := await reader.readline():
-                if raw.startswith(b"{"):
-                    seen.append(json.loads(raw))
-        except ConnectionResetError:
-            pass
-    return seen
+def command(obj: dict[str, Any]) -> bytes:
+    """One JSON line, to write without waiting for the server to read it."""
+    return json.dumps(obj).encode() + b"\n"
 
 
 # --- 1. overlong lines cost flood tokens ----------------------------------------------------
@@ -71,15 +39,17 @@ async def test_overlong_lines_are_charged_to_the_flood_budget(start_server: Star
     server spent all its CPU answering them. Now each costs a token like any line, so the
     flooder is disconnected after a bounded number of answers."""
     server = await start_server(max_per_ip=0, max_line=2048, rate=5, burst=20)
-    reader, writer = await open_json(server, "flooder")
-    writer.write((b"x" * 2100 + b"\n") * 45)  # the budget: 20 + a debt of 20 more
-    events = await all_until_eof(reader)
+    flooder = await JsonClient.connect(server.port, "flooder")
+    start = len(flooder.objects)
+    flooder.writer.write((b"x" * 2100 + b"\n") * 45)  # the budget: 20 + a debt of 20 more
+    await flooder.eof(WAIT)  # a reset counts: we sent more than it read
+    events = flooder.objects[start:]
     too_long = [e for e in events if e.get("code") == "line_too_long"]
     floods = [e for e in events if e.get("code") == "flood"]
     assert 15 <= len(too_long) <= 20  # the burst, at most
     assert len(floods) == 1  # one answer for the whole run of refusals
     assert server.hub.find("flooder") is None  # disconnected for flooding
-    writer.close()
+    await flooder.close()
 
 
 # --- 9. combining-mark floods ------------------------------------------------------------
@@ -99,11 +69,11 @@ async def test_combining_marks_are_capped_in_every_field(start_server: StartServ
     server = await start_server(max_per_ip=0)
     thai = "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35"  # two marks on one letter: legitimate
     zalgo = "Z" + "\u0301\u0336\u0489" * 100 + "algo " + thai  # 300 marks, under --max-line
-    _, sender = await open_json(server, "sender")
-    reader, watcher = await open_json(server, "watcher")
-    watcher.write(json.dumps({"type": "join", "room": "#z"}).encode() + b"\n")
-    await until(reader, lambda e: e["type"] == "who")
-    for command in (
+    sender = await JsonClient.connect(server.port, "sender")
+    watcher = await JsonClient.connect(server.port, "watcher")
+    watcher.writer.write(command({"type": "join", "room": "#z"}))
+    await watcher.objects_until(lambda e: e["type"] == "who", WAIT)
+    for line in (
         {"type": "join", "room": "#z"},
         {"type": "topic", "room": "#z", "text": zalgo[:300]},
         {"type": "say", "room": "#z", "text": zalgo},
@@ -111,16 +81,18 @@ async def test_combining_marks_are_capped_in_every_field(start_server: StartServ
         {"type": "msg", "nick": "watcher", "text": zalgo},
         {"type": "part", "room": "#z", "reason": zalgo},
     ):
-        sender.write(json.dumps(command).encode() + b"\n")
-    events = await until(reader, lambda e: e["type"] == "part" and e["nick"] == "sender")
+        sender.writer.write(command(line))
+    events = await watcher.objects_until(
+        lambda e: e["type"] == "part" and e["nick"] == "sender", WAIT
+    )
     texts = [e["text"] for e in events if e["nick"] == "sender" and e["text"]]
     assert len(texts) == 5  # topic, message, action, private, part reason
     for text in texts:
         assert text.startswith("Z")
         assert longest_mark_run(text) == MAX_COMBINING
     assert all(text.endswith(thai) for text in texts[1:4])
-    sender.close()
-    watcher.close()
+    await sender.close()
+    await watcher.close()
 
 
 # --- 8. look-alike names ---------------------------------------------------------------
@@ -128,8 +100,10 @@ async def test_combining_marks_are_capped_in_every_field(start_server: StartServ
 
 async def test_look_alike_nicknames_and_rooms_are_refused(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0)
-    online = [await open_json(server, nick) for nick in ("mallory", "william", "david")]
-    reader, eve = await open_json(server, "eve")
+    online = [
+        await JsonClient.connect(server.port, nick) for nick in ("mallory", "william", "david")
+    ]
+    eve = await JsonClient.connect(server.port, "eve")
     for nick, code in (
         ("rnallory", "nick_confusable"),
         ("vvilliam", "nick_confusable"),
@@ -138,19 +112,19 @@ async def test_look_alike_nicknames_and_rooms_are_refused(start_server: StartSer
         ("rnoderator", "nick_reserved"),
         ("NickServ", "nick_reserved"),
     ):
-        eve.write(json.dumps({"type": "nick", "nick": nick, "id": nick}).encode() + b"\n")
-        answer = await until(reader, lambda e, n=nick: e.get("re") == n)
+        eve.writer.write(command({"type": "nick", "nick": nick, "id": nick}))
+        answer = await eve.objects_until(lambda e, n=nick: e.get("re") == n, WAIT)
         assert (answer[-1]["type"], answer[-1]["code"]) == ("error", code), nick
     for room in ("#Iobby", "#1obby", "#l0bby", "#LOBBY"):
-        eve.write(json.dumps({"type": "join", "room": room, "id": room}).encode() + b"\n")
-        answer = await until(reader, lambda e, r=room: e.get("re") == r)
+        eve.writer.write(command({"type": "join", "room": room, "id": room}))
+        answer = await eve.objects_until(lambda e, r=room: e.get("re") == r, WAIT)
         if room == "#LOBBY":  # the same room, by case-insensitive identity: just switch to it
             assert answer[-1]["type"] == "notice"
         else:
             assert (answer[-1]["type"], answer[-1]["code"]) == ("error", "room_confusable")
     assert sorted(server.hub.room_names()) == ["#lobby"]
-    for _, writer in [*online, (reader, eve)]:
-        writer.close()
+    for client in [*online, eve]:
+        await client.close()
 
 
 # --- 3. private-message floods at one victim ------------------------------------------------
@@ -166,28 +140,27 @@ async def test_private_flood_is_refused_before_the_victim_is_dropped(
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow link: tiny window
     slow.setblocking(False)
     await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", server.port))
-    victim_reader, victim = await asyncio.open_connection(sock=slow)
-    victim.write(b'{"type":"hello","nick":"victim"}\n')
-    await until(victim_reader, lambda e: e["type"] == "who")
-    senders = [await open_json(server, f"sender{i}") for i in range(3)]
+    victim = JsonClient(*await asyncio.open_connection(sock=slow))
+    victim.writer.write(b'{"type":"hello","nick":"victim"}\n')
+    await victim.objects_until(lambda e: e["type"] == "who", WAIT)
+    senders = [await JsonClient.connect(server.port, f"sender{i}") for i in range(3)]
     line = json.dumps({"type": "msg", "nick": "victim", "text": "x" * 1800}).encode() + b"\n"
     busy: list[dict[str, Any]] = []
     for round_ in range(3000):  # at most 16 MB: far more than the kernel and the budget hold
-        for _, writer in senders:
-            writer.write(line)
-        reader = senders[round_ % 3][0]
-        writer = senders[round_ % 3][1]
-        writer.write(b'{"type":"ping","id":"fence"}\n')
-        answers = await until(reader, lambda e: e.get("re") == "fence")
+        for sender in senders:
+            sender.writer.write(line)
+        fenced = senders[round_ % 3]
+        fenced.writer.write(b'{"type":"ping","id":"fence"}\n')
+        answers = await fenced.objects_until(lambda e: e.get("re") == "fence", WAIT)
         busy += [e for e in answers if e.get("code") == "recipient_busy"]
         if busy:
             break
     assert busy, "the senders were never refused"
     assert busy[0]["command"] == "msg"
     assert server.hub.find("victim") is not None  # still online: never dropped
-    victim.close()
-    for _, writer in senders:
-        writer.close()
+    await victim.close()
+    for sender in senders:
+        await sender.close()
 
 
 # --- 4. a global bound on memory: rooms and history --------------------------------------
@@ -199,40 +172,40 @@ async def test_rooms_and_history_have_a_global_bound(start_server: StartServer) 
     going first."""
     budget = 12 * (1000 + 200)  # twelve 1,000-character lines, by history_cost
     server = await start_server(max_per_ip=0, rate=0, max_total_rooms=4, history_bytes=budget)
-    reader, hoarder = await open_json(server, "hoarder")
+    hoarder = await JsonClient.connect(server.port, "hoarder")
     for room in ("#a", "#b", "#c", "#d"):
-        hoarder.write(json.dumps({"type": "join", "room": room, "id": room}).encode() + b"\n")
-        answer = await until(reader, lambda e, r=room: e.get("re") == r)
+        hoarder.writer.write(command({"type": "join", "room": room, "id": room}))
+        answer = await hoarder.objects_until(lambda e, r=room: e.get("re") == r, WAIT)
         expected = ("error", "rooms_full") if room == "#d" else ("join", None)
         assert (answer[-1]["type"], answer[-1].get("code")) == expected, room
     for room in ("#a", "#b", "#c"):  # #c is said in last
         for i in range(6):
             say = {"type": "say", "room": room, "text": f"{room} {i} " + "x" * 994}
-            hoarder.write(json.dumps(say).encode() + b"\n")
-    hoarder.write(b'{"type":"ping","id":"fence"}\n')
-    await until(reader, lambda e: e.get("re") == "fence")
+            hoarder.writer.write(command(say))
+    hoarder.writer.write(b'{"type":"ping","id":"fence"}\n')
+    await hoarder.objects_until(lambda e: e.get("re") == "fence", WAIT)
 
     replayed: dict[str, int] = {}
-    late_reader, late = await open_json(server, "late")
+    late = await JsonClient.connect(server.port, "late")
     for room in ("#a", "#b", "#c"):
-        late.write(json.dumps({"type": "join", "room": room}).encode() + b"\n")
-        late.write(json.dumps({"type": "ping", "id": room}).encode() + b"\n")
-        events = await until(late_reader, lambda e, r=room: e.get("re") == r)
+        late.writer.write(command({"type": "join", "room": room}))
+        late.writer.write(command({"type": "ping", "id": room}))
+        events = await late.objects_until(lambda e, r=room: e.get("re") == r, WAIT)
         replayed[room] = len([e for e in events if e.get("history")])
     assert replayed == {"#a": 0, "#b": 6, "#c": 6}  # #a, least recently active, went first
-    hoarder.close()
-    late.close()
+    await hoarder.close()
+    await late.close()
 
 
 # --- 5. TLS handshakes count against their address from accept ---------------------------
 
 
 async def test_stalled_tls_handshakes_count_against_their_address(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, certificate: tuple[Path, Path]
 ) -> None:
     """600 stalled handshakes from one address exhausted the server's descriptors, because
     the per-address limit applied only once a handshake completed."""
-    cert, key = make_certificate(tmp_path)
+    cert, key = certificate
     server = await start_server(tls_cert=str(cert), tls_key=str(key), max_per_ip=4)
     stalled = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(12)]
     reads = [asyncio.ensure_future(reader.read(1)) for reader, _ in stalled]
@@ -246,17 +219,19 @@ async def test_stalled_tls_handshakes_count_against_their_address(
                 break
     # Someone else, at another address, still gets in.
     context = ssl.create_default_context(cafile=str(cert))
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1",
-        server.port,
-        ssl=context,
-        server_hostname="localhost",
-        local_addr=("127.0.0.2", 0),
+    real = JsonClient(
+        *await asyncio.open_connection(
+            "127.0.0.1",
+            server.port,
+            ssl=context,
+            server_hostname="localhost",
+            local_addr=("127.0.0.2", 0),
+        )
     )
-    writer.write(b'{"type":"hello","nick":"real"}\n')
-    await until(reader, lambda e: e["type"] == "welcome")
+    real.writer.write(b'{"type":"hello","nick":"real"}\n')
+    await real.objects_until(lambda e: e["type"] == "welcome", WAIT)
     assert sum(not read.done() for read in reads) == 4  # the 4 the address may hold
-    writer.close()
+    await real.close()
     for read in reads:
         read.cancel()
     for _, stalled_writer in stalled:
@@ -266,7 +241,7 @@ async def test_stalled_tls_handshakes_count_against_their_address(
 # --- 6. out of descriptors ---------------------------------------------------------------
 
 
-async def test_max_clients_is_fitted_to_the_descriptor_limit() -> None:
+async def test_max_clients_is_fitted_to_the_descriptor_limit(spawn_server: SpawnServer) -> None:
     """Above the descriptor limit uvloop gave new users a silent EOF and asyncio logged a
     traceback per attempt. The server now fits --max-clients to its limit at start, so it
     refuses (server_full) before it runs out, and keeps serving whom it has."""
@@ -275,44 +250,24 @@ async def test_max_clients_is_fitted_to_the_descriptor_limit() -> None:
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chat",
-        "--host=127.0.0.1",
-        "--port=0",
-        "--max-clients=1000",
-        "--max-per-ip=0",
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=low_limit,
-    )
-    assert proc.stderr is not None
-    log: list[str] = []
-    async with asyncio.timeout(WAIT):
-        while not (port := re.search(r"listening on 127\.0\.0\.1:(\d+)", "".join(log[-1:]))):
-            log.append((await proc.stderr.readline()).decode())
+    server = await spawn_server("--max-clients=1000", "--max-per-ip=0", preexec_fn=low_limit)
     fitted = limit - DESCRIPTOR_RESERVE
-    assert f"--max-clients lowered from 1000 to {fitted}" in "".join(log)
-    try:
-        held = []
-        for _ in range(fitted):
-            reader, writer = await asyncio.open_connection("127.0.0.1", int(port.group(1)))
-            held.append((reader, writer))
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(port.group(1)))
-        writer.write(b"x\n")
-        async with asyncio.timeout(WAIT):
-            refusal = await reader.read()
-        assert b"The server is full" in refusal
+    assert f"--max-clients lowered from 1000 to {fitted}" in "\n".join(server.log)
+    held = []
+    for _ in range(fitted):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        held.append((reader, writer))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"x\n")
+    async with asyncio.timeout(WAIT):
+        refusal = await reader.read()
+    assert b"The server is full" in refusal
+    writer.close()
+    first = JsonClient(*held[0])  # those it holds are still served
+    first.writer.write(b'{"type":"hello","nick":"still"}\n')
+    await first.objects_until(lambda e: e["type"] == "welcome", WAIT)
+    for _, writer in held:
         writer.close()
-        first_reader, first = held[0]  # those it holds are still served
-        first.write(b'{"type":"hello","nick":"still"}\n')
-        await until(first_reader, lambda e: e["type"] == "welcome")
-        for _, writer in held:
-            writer.close()
-    finally:
-        proc.terminate()
-        async with asyncio.timeout(WAIT):
-            await proc.wait()
 
 
 # --- 2. /rooms at scale --------------------------------------------------------------------

@@ -272,6 +272,10 @@ def own_rename_or_error(user: User) -> Callable[[Event], bool]:
     return lambda event: event.type == "error" or (event.type == "nick" and event.nick == nick)
 
 
+def answer_to(request: str) -> Callable[[Event], bool]:
+    return lambda event: event.re == request
+
+
 def notice(fragment: str) -> Callable[[Event], bool]:
     return lambda e: e.type == "notice" and fragment in e.text
 
@@ -694,6 +698,87 @@ async def test_order_of_one_sender_is_kept_on_every_node(cluster: Cluster) -> No
         for sender in ("s1", "s2"):
             expected = [f"{sender}-{i}" for i in range(200)] + [f"{sender}-end"]
             assert said(seen, sender, "#o") == expected, (user.nick, sender)
+
+
+async def test_a_publish_backlog_pauses_senders_and_loses_nothing(cluster: Cluster) -> None:
+    """A burst larger than a node's publish queue, while Redis is slow to answer: the node
+    stops reading its clients while the backlog is high (the backend is ``congested``),
+    instead of dropping what does not fit; the other node gets every line, in order."""
+    a, b = await cluster.node("A"), await cluster.node("B")
+    talker, listener = await cluster.user(a, "talker"), await cluster.user(b, "listener")
+    for user in (talker, listener):
+        await user.join("#bp")
+    await settle([talker, listener], "#bp")
+    total = 15_000  # more than PUBLISH_QUEUE
+    burst = b"".join(
+        json.dumps({"type": "say", "room": "#bp", "text": f"n{i}"}).encode() + b"\n"
+        for i in range(total)
+    )
+    last = [("talker", f"n{total - 1}")]
+    echo = asyncio.create_task(talker.until_messages(last, timeout=30))  # read, or be dropped
+    try:
+        await cluster.hold_commands(1.5)  # shorter than link_timeout: the link stays up
+        await talker.send_raw(burst)
+        await listener.until_messages(last, timeout=30)
+        await echo
+    finally:
+        echo.cancel()
+    got = [e.text for e in listener.events if e.type == "message" and e.room == "#bp"]
+    assert got == [f"n{i}" for i in range(total)]
+
+
+async def test_a_user_is_reachable_as_soon_as_their_registration_is_acknowledged(
+    cluster: Cluster,
+) -> None:
+    """Read your writes (issue 10.11): the moment B welcomes a user, A and C can message
+    them, though neither may have heard of them yet; their claim in Redis says where.
+
+    A talker keeps B's publications busy, as on a node in use, so that the new user's
+    first join reaches A and C some moments after their welcome.
+    """
+    a, b, c = [await cluster.node(n) for n in "ABC"]
+    a1, c1 = await cluster.user(a, "a1"), await cluster.user(c, "c1")
+    talker = Talker(await cluster.user(b, "talker"), "#busy", batch=20, pause=0.01)
+    await talker.user.join("#busy")
+    talker.start()
+    try:
+        misses = await message_newcomers(b, [a1, c1], 100)
+        await talker.stop(after=0)
+    finally:
+        talker.cancel()
+    assert misses == [], f"{len(misses)} of 200 missed: {misses[:5]}"
+
+
+async def message_newcomers(node: ChatServer, senders: list[User], rounds: int) -> list[Any]:
+    """Register a new user on ``node`` each round, and have every sender message them the
+    moment they are welcome; the answers that were not the sender's echo."""
+    misses: list[tuple[str, str, Event]] = []
+    for i in range(rounds):
+        nick = f"fresh{i}"
+        newcomer = await User.connect(node.port)
+        assert isinstance(newcomer, User)
+        try:
+            await newcomer.call({"type": "nick", "nick": nick}, "welcome", nick=nick)
+            asks = {sender.nick: f"{sender.nick}-{i}" for sender in senders}
+            await asyncio.gather(
+                *(
+                    s.send({"type": "msg", "nick": nick, "text": "hi", "id": asks[s.nick]})
+                    for s in senders
+                )
+            )
+            answers = await asyncio.gather(*(s.first(answer_to(asks[s.nick])) for s in senders))
+            echoed = set()
+            for sender, answer in zip(senders, answers, strict=True):
+                if answer.type == "private":
+                    echoed.add(sender.nick)
+                else:
+                    misses.append((sender.nick, nick, answer))
+            async with asyncio.timeout(WAIT):  # in whatever order they come
+                while echoed - {e.nick for e in newcomer.events if e.type == "private"}:
+                    await newcomer.event()
+        finally:
+            await newcomer.close()
+    return misses
 
 
 # --- nicknames ----------------------------------------------------------------------------
@@ -1321,6 +1406,98 @@ async def test_node_shutdown_is_bounded_while_users_quit(cluster: Cluster) -> No
             f"attempt {attempt}: close() still running after {time.monotonic() - started:.1f} s "
             "(RedisBackend.close waits forever for its publish loop)"
         )
+
+
+# --- what a node keeps about rooms and other nodes ----------------------------------------
+
+
+def footprint(node: ChatServer) -> dict[str, int]:
+    assert node.cluster is not None
+    return node.cluster.footprint()
+
+
+async def wait_footprint(
+    node: ChatServer, wanted: dict[str, int], keys: Iterable[str] | None = None
+) -> None:
+    """Poll until ``node``'s footprint (on ``keys``) is ``wanted``: rooms emptied by other
+    nodes are swept at the next heartbeat."""
+    names = list(wanted if keys is None else keys)
+    deadline = asyncio.get_running_loop().time() + 3 * SETTINGS.heartbeat + 2
+    while True:
+        got = {k: footprint(node)[k] for k in names}
+        if got == {k: wanted[k] for k in names}:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{node.config.node_id} keeps {got}, expected {wanted}")
+        await asyncio.sleep(0.05)
+
+
+async def test_rooms_that_come_and_go_leave_nothing_behind(cluster: Cluster) -> None:
+    """A slow leak (issue 10.12): what a node keeps per room (the newest stream id, the
+    last event numbers) goes with the room, however the room emptied: its last member
+    local or remote, parting before or after the other node's."""
+    a, b = await cluster.node("A"), await cluster.node("B")
+    a1, b1 = await cluster.user(a, "a1"), await cluster.user(b, "b1")
+    await settle([a1, b1], "#lobby")
+    await a1.say("#lobby", "warm-up")
+    await b1.say("#lobby", "warm-up")
+    await a1.until_messages([("b1", "warm-up")])
+    await b1.until_messages([("a1", "warm-up")])
+    baseline = {node.config.node_id: footprint(node) for node in (a, b)}
+    rooms_before = {node.config.node_id: sorted(node.hub.room_names()) for node in (a, b)}
+    peak = 0
+    for i in range(60):
+        room = f"#leak{i}"
+        both = i % 2 == 1
+        await a1.join(room)
+        if both:
+            await b1.join(room)
+            await wait_who(a1, room, ["a1", "b1"])
+        await a1.say(room, f"a-{i}")
+        if both:
+            await b1.say(room, f"b-{i}")
+            await b1.until_messages([("a1", f"a-{i}")])
+            await a1.until_messages([("b1", f"b-{i}")])
+            peak = max(peak, footprint(b)["ledger.stream_ids"])
+        leavers = [a1, b1] if i % 4 == 1 else [b1, a1] if both else [a1]
+        for leaver in leavers:
+            await leaver.call({"type": "part", "room": room}, "part", nick=leaver.nick)
+    assert peak > baseline["B"]["ledger.stream_ids"], "the test saw no per-room bookkeeping"
+    for node in (a, b):
+        await wait_footprint(node, baseline[node.config.node_id])
+        assert sorted(node.hub.room_names()) == rooms_before[node.config.node_id]
+
+
+async def test_a_node_declared_gone_leaves_nothing_behind(
+    cluster: Cluster, spawn: Callable[..., Any]
+) -> None:
+    """Everything a node keeps about another node (when it was last heard, its users, the
+    numbers of its events, users found through its claims) goes when it is declared gone."""
+    a = await cluster.node("A")
+    a1 = await cluster.user(a, "a1")
+    baseline = footprint(a)
+    k = await spawn(
+        "--redis", cluster.redis.url, "--node-id", "K", "--redis-prefix", cluster.prefix
+    )
+    kim = await cluster.user(k.ports[0], "kim")
+    await kim.join("#k")
+    await a1.join("#k")
+    await settle([a1, kim], "#k")
+    await kim.say("#k", "from K")
+    await a1.until_messages([("kim", "from K")])
+    await kim.send({"type": "msg", "nick": "a1", "text": "psst"})
+    await a1.expect("private", nick="kim", text="psst")
+    during = footprint(a)
+    assert during["directory.users"] == 1
+    assert during["ledger.nodes"] == during["last_seen"] == 1
+
+    k.kill_group()  # no quit, no goodbye
+    await a1.expect("quit", timeout=SETTINGS.dead_after + 4, nick="kim")
+    # The room #k is still there (a1 is in it), and so is its newest stream id.
+    per_node = [key for key in baseline if key != "ledger.stream_ids"]
+    await wait_footprint(a, baseline, per_node)
+    await a1.call({"type": "part", "room": "#k"}, "part", nick="a1")
+    await wait_footprint(a, baseline)
 
 
 # --- chat-server --workers ----------------------------------------------------------------

@@ -503,8 +503,9 @@ def text_command(name: str, **args: Any) -> str:
 def text_lines(kind: str, **fields: Any) -> list[Expected]:
     """The lines the text dialect shows for an event of ``kind`` with ``fields``, written out
     from protocol.md ("The text dialect"), not by the server's renderer. A history mark's
-    time is matched as a pattern. ``code``, ``command`` and ``re`` are not shown in text;
-    any other field the text does not show must be None, so no expectation is dropped."""
+    time is matched as a pattern. ``code``, ``command`` and ``re`` are not shown in text,
+    nor is ``target`` on the recipient's copy of a private message; any other field the text
+    does not show must be None, so no other expectation is dropped silently."""
     f = {k: v for k, v in fields.items() if k not in ("code", "command", "re")}
     room = f.pop("room", None)
     where = f"[{room}] " if room else ""

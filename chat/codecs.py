@@ -25,7 +25,7 @@ from chat.commands import (
     request_id,
 )
 from chat.errors import ErrorCode, ProtocolError
-from chat.protocol import Dialect, Event, decode_line, render
+from chat.protocol import DEFAULT_WIDTH, Dialect, Event, decode_line, render, render_text
 
 __all__ = ["JSON", "TEXT", "Codec", "JsonCodec", "TextCodec", "decoder_for"]
 
@@ -53,17 +53,21 @@ class Codec(Protocol):
 
 
 class TextCodec:
-    """The dialect people type: ``/command args`` or a line to say; ``\\r\\n`` lines back."""
+    """The dialect people type: ``/command args`` or a line to say; ``\\r\\n`` lines back,
+    wrapped at the connection's screen ``width`` (protocol.md, "The text dialect")."""
 
     name: Final = "text"
-    key: Final = Dialect.TEXT
+
+    def __init__(self, width: int = DEFAULT_WIDTH) -> None:
+        self.width = width
+        self.key = (Dialect.TEXT, width)
 
     def decode(self, raw: bytes, *, registered: bool) -> Request | None:
         command = parse_text_line(decode_line(raw), registered=registered)
         return None if command is None else Request(command)
 
     def encode(self, event: Event) -> bytes:
-        return render(event, Dialect.TEXT)
+        return render_text(event, self.width)
 
 
 class JsonCodec:
@@ -104,6 +108,6 @@ def decoder_for(current: Codec, raw: bytes, *, registered: bool) -> Codec:
     """The codec that reads ``raw``: before registration a JSON object is read as JSON
     whatever the connection speaks, so a program's first line is understood; only its
     ``hello`` switches what the connection receives."""
-    if not registered and current is TEXT and raw.lstrip().startswith(b"{"):
+    if not registered and isinstance(current, TextCodec) and raw.lstrip().startswith(b"{"):
         return JSON
     return current

@@ -25,13 +25,19 @@ parameter: ``/join python``, ``/who python``); where text may follow an optional
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Final
 
 from chat.errors import ErrorCode, ProtocolError
-from chat.protocol import REASON_MAX, sanitize, validate_room
+from chat.protocol import (
+    DEFAULT_WIDTH,
+    MAX_WIDTH,
+    MIN_WIDTH,
+    REASON_MAX,
+    sanitize,
+    validate_room,
+)
 
 __all__ = [
     "COMMANDS",
@@ -55,6 +61,7 @@ __all__ = [
     "SayCommand",
     "TopicCommand",
     "WhoCommand",
+    "WidthCommand",
     "encode_command",
     "help_text",
     "lookup",
@@ -144,6 +151,13 @@ class HelpCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class WidthCommand:
+    """The text dialect wraps lines at this many columns (telnet's NAWS sets it too)."""
+
+    columns: int
+
+
+@dataclass(frozen=True, slots=True)
 class PingCommand:
     token: str = ""
 
@@ -166,6 +180,7 @@ Command = (
     | TopicCommand
     | QuitCommand
     | HelpCommand
+    | WidthCommand
     | PingCommand
     | PongCommand
 )
@@ -196,6 +211,7 @@ class Kind(Enum):
     REASON = "reason"  # the rest of the line, optional, cut to REASON_MAX
     TOPIC = "topic"  # the rest of the line; TOPIC_CLEAR (text) or "" (JSON) clears
     OFFSET = "offset"  # where a page starts: "+N" typed, a number (or "+N") in JSON
+    NUMBER = "number"  # a whole number: digits typed, a number (or digits) in JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +230,7 @@ class Param:
             Kind.REASON: "reason",
             Kind.TOPIC: "text",
             Kind.OFFSET: "+N",
+            Kind.NUMBER: "N",
         }.get(self.kind, self.name)
         return shown if self.required else f"[{shown}]"
 
@@ -318,6 +335,14 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         usage_hint="/help [command]",
     ),
     CommandSpec(
+        "width",
+        WidthCommand,
+        f"Wrap the lines you receive at N columns ({MIN_WIDTH} to {MAX_WIDTH}; telnet "
+        f"tells the server by itself, else {DEFAULT_WIDTH}).",
+        (Param("columns", Kind.NUMBER),),
+        before_registration=True,
+    ),
+    CommandSpec(
         "ping",
         PingCommand,
         "Ask the server for a pong, to check the connection.",
@@ -414,14 +439,14 @@ def _check(spec: CommandSpec, param: Param, value: str | None) -> str | None:
             return value.strip()[:REASON_MAX]
         case Kind.TOPIC:
             return value.strip()
-        case Kind.OFFSET:
-            if _OFFSET_RE.fullmatch(value.strip()) is None:
+        case Kind.OFFSET | Kind.NUMBER:
+            number = value.strip()
+            if param.kind is Kind.OFFSET:
+                number = number.removeprefix("+")
+            if not (number.isascii() and number.isdigit() and len(number) <= 9):
                 raise _usage_error(spec)
-            return value.strip().lstrip("+")
+            return number
     raise AssertionError(param.kind)
-
-
-_OFFSET_RE: Final = re.compile(r"\+?[0-9]{1,9}")
 
 
 def _build(spec: CommandSpec, values: dict[str, str | None]) -> Command:
@@ -429,7 +454,7 @@ def _build(spec: CommandSpec, values: dict[str, str | None]) -> Command:
     for param in spec.params:
         value = values.get(param.name)
         if value is not None:
-            kwargs[param.name] = int(value) if param.kind is Kind.OFFSET else value
+            kwargs[param.name] = int(value) if param.kind in (Kind.OFFSET, Kind.NUMBER) else value
     return spec.cls(**kwargs)
 
 
@@ -502,13 +527,18 @@ def _string_field(obj: dict[str, Any], key: str, command: str | None) -> str | N
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and key == "offset":
+    if isinstance(value, int) and not isinstance(value, bool) and key in _NUMBER_FIELDS:
         return str(value) if value >= 0 else "-"  # a negative offset fails its check
     if not isinstance(value, str):
         raise ProtocolError(
             ErrorCode.BAD_ARGUMENTS, f"Field {key!r} must be a string.", command=command
         )
     return sanitize(value)
+
+
+_NUMBER_FIELDS: Final = frozenset(
+    p.name for spec in COMMANDS for p in spec.params if p.kind in (Kind.OFFSET, Kind.NUMBER)
+)
 
 
 def request_id(obj: dict[str, Any]) -> str | None:

@@ -93,6 +93,7 @@ def history_cost(event: Message | Action) -> int:
     """The bytes one remembered line is counted as, against ``--history-bytes``."""
     return len(event.text) + LINE_OVERHEAD
 
+
 class Peer(Protocol):
     """What the hub needs from a connection."""
 
@@ -248,6 +249,15 @@ class Backend(Protocol):
     def forget_room(self, name: str) -> None:
         """The last member left ``name``: its history and topic may go."""
 
+    @property
+    def congested(self) -> bool:
+        """True while more is waiting to be published than the link carries: sessions stop
+        reading their clients (as for a slow socket) until :meth:`uncongested`, so an
+        accepted message is never dropped on its way to the other nodes."""
+
+    async def uncongested(self) -> None:
+        """Return once the backlog is back under its low-water mark."""
+
 
 class LocalBackend:
     """The default backend: this process is the whole chat, so there is nothing to tell."""
@@ -270,6 +280,11 @@ class LocalBackend:
         raise AssertionError("a single process has no other node")
 
     def forget_room(self, name: str) -> None:
+        return None
+
+    congested = False
+
+    async def uncongested(self) -> None:
         return None
 
 
@@ -671,8 +686,7 @@ class Hub:
             if target.peer.busy:  # a flood of private messages must not get them dropped
                 raise ProtocolError(
                     ErrorCode.RECIPIENT_BUSY,
-                    f"{target.nick} is not keeping up with what is sent to them; "
-                    "try again later.",
+                    f"{target.nick} is not keeping up with what is sent to them; try again later.",
                 )
             self.tell(target, event)
         else:

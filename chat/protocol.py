@@ -26,14 +26,17 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final
 
 from chat.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "DEFAULT_WIDTH",
     "MAX_COMBINING",
+    "MAX_WIDTH",
+    "MIN_WIDTH",
     "NICK_MAX",
     "PROTOCOL_VERSION",
     "REASON_MAX",
@@ -61,17 +64,21 @@ __all__ = [
     "Topic",
     "Welcome",
     "Who",
+    "char_width",
     "decode_line",
     "nick_key",
     "nick_skeleton",
     "parse_event",
     "render",
+    "render_text",
     "room_key",
     "sanitize",
     "sniff_foreign",
     "strip_telnet",
+    "unwrap",
     "validate_nick",
     "validate_room",
+    "wrap_line",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -688,6 +695,92 @@ def render(event: Event, dialect: Dialect) -> bytes:
             json.dumps(event.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
         ).encode()
     return (event.as_text() + "\r\n").encode()
+
+
+# --- the text dialect on a screen ----------------------------------------------------------
+#
+# A terminal wraps a line longer than its width by itself, so padding a message to the width
+# would put the attacker's next words at the start of a screen line, where they could pass
+# for a line of the server's ("[#lobby] <alice> ..."). So the server wraps text-dialect
+# lines itself, at the connection's width, and indents every continuation: every screen line
+# that starts at column 0 was started by the server. Widths are over-estimated, never
+# under-estimated (a wide or ambiguous character counts 2), so the server's wrap always
+# comes before the terminal's. Peers' runs of whitespace (tabs included) become one space.
+
+DEFAULT_WIDTH: Final = 80
+MIN_WIDTH: Final = 20
+MAX_WIDTH: Final = 1000
+CONTINUATION: Final = "  "
+_WHITESPACE_RUN_RE: Final = re.compile(r"\s{2,}|\t")
+
+
+def char_width(char: str) -> int:
+    """Columns ``char`` may take on a terminal, rounded up where terminals disagree."""
+    if char.isascii():
+        return 1
+    if unicodedata.category(char) in MARKS:
+        return 0
+    if unicodedata.east_asian_width(char) in ("W", "F", "A") or ord(char) >= 0x1F000:
+        return 2
+    return 1
+
+
+def wrap_line(line: str, width: int) -> list[str]:
+    """``line`` as screen lines of at most ``width`` columns, continuations indented.
+
+    The line is the rows joined, each continuation without its indent (:func:`unwrap`).
+    """
+    if len(line) <= width and line.isascii():
+        return [line]
+    rows: list[str] = []
+    row: list[str] = []
+    used = 0
+    limit = width
+    for char in line:
+        cols = char_width(char)
+        if used + cols > limit:
+            text = "".join(row)
+            cut = text.rfind(" ")
+            if cut > len(text) // 2:  # break after a space when one is in the second half
+                rows.append(text[: cut + 1])  # the space stays, unseen: rows + "  " rejoin
+                row = list(text[cut + 1 :])
+            else:
+                rows.append(text)
+                row = []
+            row[:0] = CONTINUATION
+            used = sum(char_width(c) for c in row)
+            limit = width
+        row.append(char)
+        used += cols
+    rows.append("".join(row))
+    return rows
+
+
+def unwrap(rows: Iterable[str]) -> list[str]:
+    """The lines that :func:`wrap_line` cut into ``rows`` (for programs reading the text
+    dialect, and tests)."""
+    lines: list[str] = []
+    for row in rows:
+        if row.startswith(CONTINUATION) and lines:
+            lines[-1] += row[len(CONTINUATION) :]
+        else:
+            lines.append(row)
+    return lines
+
+
+def _collapse(text: str) -> str:
+    return _WHITESPACE_RUN_RE.sub(" ", text) if "  " in text or "\t" in text else text
+
+
+_PEER_TEXT: Final[tuple[type[Event], ...]] = (Message, Action, Private, Topic, Part, Quit)
+
+
+def render_text(event: Event, width: int = DEFAULT_WIDTH) -> bytes:
+    """The text-dialect bytes of ``event`` for a screen ``width`` columns wide."""
+    if isinstance(event, _PEER_TEXT) and event.text:
+        event = replace(event, text=_collapse(event.text))
+    rows = [row for line in event.as_text().split("\r\n") for row in wrap_line(line, width)]
+    return ("\r\n".join(rows) + "\r\n").encode()
 
 
 def parse_event(line: str | bytes) -> Event:

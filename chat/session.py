@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final, cast
 
-from chat.codecs import JSON, TEXT, Codec, decoder_for
+from chat.codecs import JSON, TEXT, Codec, TextCodec, decoder_for
 from chat.commands import (
     HelloCommand,
     HelpCommand,
@@ -36,11 +37,14 @@ from chat.commands import (
     PongCommand,
     QuitCommand,
     Request,
+    WidthCommand,
     help_text,
 )
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
 from chat.protocol import (
+    MAX_WIDTH,
+    MIN_WIDTH,
     Bye,
     Error,
     Event,
@@ -63,6 +67,9 @@ MAX_REGISTRATION_ATTEMPTS: Final = 10
 SERVER_NAME: Final = "chat"
 NICK_PROMPT: Final = "Choose a nickname (letters, digits, _ or -, starting with a letter):"
 _session_ids = itertools.count(1)
+TELNET_WILL_NAWS: Final = b"\xff\xfb\x1f"
+TELNET_DO_NAWS: Final = b"\xff\xfd\x1f"
+_NAWS_RE: Final = re.compile(rb"\xff\xfa\x1f((?:\xff\xff|[^\xff]){4})\xff\xf0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +421,10 @@ class Session:
 
     async def _read_loop(self) -> None:
         first = True
+        backend = self.hub.backend
         while not self._ending:
+            if backend.congested:  # backpressure from the cluster link: read nothing more
+                await backend.uncongested()
             data = await self._read_chunk()
             if not data:
                 return
@@ -430,6 +440,8 @@ class Session:
                         "refused conn=%d peer=%s reason=%r", self.id, self.peer_address, foreign
                     )
                     return
+            if b"\xff" in data:  # never in UTF-8: telnet
+                self._negotiate(data)
             for line in self._framer.feed(data):
                 if self._ending:
                     return
@@ -486,7 +498,7 @@ class Session:
     def _refused(self, exc: ProtocolError) -> None:
         """Answer a refused line with an error naming the command and request, if known."""
         self.send(Error(code=exc.code, text=exc.message, command=exc.command, re=exc.request))
-        if self.member is None and self.codec is TEXT and not self._ending:
+        if self.member is None and isinstance(self.codec, TextCodec) and not self._ending:
             self.send(Notice(text=NICK_PROMPT))
 
     async def _execute(self, request: Request) -> None:
@@ -513,6 +525,8 @@ class Session:
                 self.send(Notice(text=help_text(name), re=re))
             case PingCommand(token=token):
                 self.send(Pong(text=token, re=re))
+            case WidthCommand(columns=columns):
+                self._set_width(columns, re)
             case HelloCommand(nick=nick):
                 if self.member is not None:
                     raise ProtocolError(
@@ -534,6 +548,32 @@ class Session:
             case _:
                 assert self.member is not None, "the codec lets only registration commands by"
                 await self.hub.execute(self.member, request)
+
+    def _set_width(self, columns: int, request: str | None = None) -> None:
+        """``/width``: wrap this connection's text lines at ``columns``."""
+        if not MIN_WIDTH <= columns <= MAX_WIDTH:
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"A width is {MIN_WIDTH} to {MAX_WIDTH} columns.",
+                command="width",
+            )
+        if not isinstance(self.codec, TextCodec):
+            self.send(Notice(text="JSON lines are never wrapped.", re=request))
+            return
+        self.codec = TextCodec(columns)
+        self.send(Notice(text=f"Lines are wrapped at {columns} columns.", re=request))
+
+    def _negotiate(self, data: bytes) -> None:
+        """Telnet: accept a client's offer to tell its window size (``IAC WILL NAWS``), and
+        wrap at the width it then tells (``IAC SB NAWS w w h h IAC SE``). Nothing is ever
+        offered to a client that did not offer first, so nc sees no telnet bytes."""
+        if TELNET_WILL_NAWS in data and isinstance(self.codec, TextCodec):
+            self.push(TELNET_DO_NAWS)
+        for found in _NAWS_RE.finditer(data):
+            size = found.group(1).replace(b"\xff\xff", b"\xff")
+            columns = int.from_bytes(size[:2], "big")
+            if len(size) == 4 and columns and isinstance(self.codec, TextCodec):
+                self.codec = TextCodec(max(MIN_WIDTH, min(MAX_WIDTH, columns)))
 
     async def _register(self, nick: str, request: Request) -> None:
         try:

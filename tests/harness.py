@@ -36,13 +36,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from chat.protocol import Event, parse_event
+from chat.protocol import DEFAULT_WIDTH, Event, parse_event, unwrap, wrap_line
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
 
@@ -330,13 +330,17 @@ class LineClient:
         return self.seen[start:]
 
     async def next_is(self, *lines: str) -> None:
-        """The next lines the client receives are exactly ``lines``."""
-        for expected in lines:
+        """The next lines the client receives are exactly ``lines`` (each as the server
+        wraps it on an 80-column screen: protocol.md, "Wrapping")."""
+        for expected in screen_rows(lines):
             assert await self.line() == expected
 
     async def until(self, line: str) -> list[str]:
-        """Lines up to and including ``line`` (matched exactly)."""
-        return await self.lines_until("^" + re.escape(line) + "$")
+        """Rows up to and including ``line`` (matched exactly, as wrapped)."""
+        first, *rest = wrap_line(line, DEFAULT_WIDTH)
+        seen = await self.lines_until("^" + re.escape(first) + "$")
+        await self.next_is(*(row for row in rest))
+        return seen + rest
 
     async def eof(self, timeout: float = WAIT) -> list[str]:
         """Read until the server closes the connection; return the lines read."""
@@ -500,6 +504,16 @@ def text_command(name: str, **args: Any) -> str:
     return " ".join([f"/{name}", *(str(value) for value in args.values())])
 
 
+def screen_rows(lines: Iterable[Expected]) -> list[Expected]:
+    """Expected lines as an 80-column client receives them: the server wraps long lines
+    (protocol.md, "Wrapping"; the wrapping itself is tested in test_protocol.py)."""
+    return [
+        row
+        for line in lines
+        for row in (wrap_line(line, DEFAULT_WIDTH) if isinstance(line, str) else [line])
+    ]
+
+
 def text_lines(kind: str, **fields: Any) -> list[Expected]:
     """The lines the text dialect shows for an event of ``kind`` with ``fields``, written out
     from protocol.md ("The text dialect"), not by the server's renderer. A history mark's
@@ -655,12 +669,12 @@ class TextUser(User):
         await self.client.send(nick)
 
     async def next_is(self, kind: str, **fields: Any) -> None:
-        for expected in text_lines(kind, **fields):
+        for expected in screen_rows(text_lines(kind, **fields)):
             line = await self.client.line()
             assert _matches(line, expected), (line, expected)
 
     async def until(self, kind: str, **fields: Any) -> list[Any]:
-        first, *rest = text_lines(kind, **fields)
+        first, *rest = screen_rows(text_lines(kind, **fields))
         start = len(self.client.seen)
         async with asyncio.timeout(WAIT):
             while not _matches(await self.client.line(), first):
@@ -674,7 +688,7 @@ class TextUser(User):
         await self.client.next_is(PROMPT)
 
     async def notice(self, last: str) -> str:
-        lines = await self.client.until(f"*** {last}")
+        lines = unwrap(await self.client.until(f"*** {last}"))
         for line in lines:
             assert line.startswith("*** "), line
         return "\n".join(line.removeprefix("*** ") for line in lines)

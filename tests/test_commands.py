@@ -43,6 +43,7 @@ POOL: dict[Kind, tuple[str | None, ...]] = {
     Kind.REASON: ("gone fishing", None),
     Kind.TOPIC: ("new topic", "", None),
     Kind.OFFSET: ("+100", "+x", None),
+    Kind.NUMBER: ("120", "wide", None),
 }
 
 Outcome = tuple[str, Any]

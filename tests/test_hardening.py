@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.protocol import Event, FrameError, LineFramer, parse_event
+from chat.protocol import Event, FrameError, LineFramer, parse_event, unwrap
 from chat.server import ChatServer
 from tests.harness import WAIT, JsonClient, LineClient, StartServer, eventually, server_config
 
@@ -63,8 +63,15 @@ ESTABLISHED, CLOSE_WAIT = "01", "08"  # states in /proc/net/tcp
 
 
 def lines_of(data: bytes) -> list[bytes]:
-    """The complete, non-empty text-dialect lines in ``data``."""
-    return [line for line in data.split(b"\r\n")[:-1] if line]
+    """The complete, non-empty text-dialect lines in ``data``, each rejoined from the rows
+    the server wrapped it into (protocol.md, "Wrapping")."""
+    lines: list[bytes] = []
+    for row in data.split(b"\r\n")[:-1]:
+        if row.startswith(b"  ") and lines:
+            lines[-1] += row[2:]
+        elif row:
+            lines.append(row)
+    return lines
 
 
 def json_events(data: bytes) -> list[Event]:
@@ -247,7 +254,10 @@ _tokens = itertools.count()
 async def text_who(client: LineClient, room: str) -> set[str]:
     """Ask a text client's server for ``room``'s members."""
     await client.send(f"/who {room}")
-    found = await client.expect(rf"\*\*\* \d+ in {re.escape(room)}: ?(.*)$")
+    await client.send("/ping who-end")
+    rows = await client.lines_until(r"^\*\*\* pong who-end$")
+    pattern = re.compile(rf"\*\*\* \d+ in {re.escape(room)}: ?(.*)$")
+    found = next(m for line in unwrap(rows) if (m := pattern.search(line)))
     return {n for n in found.group(1).split(", ") if n}
 
 
@@ -284,6 +294,7 @@ async def test_overlong_line_is_refused_discarded_and_the_connection_stays(
 ) -> None:
     server = await start_server(max_line=100, max_per_ip=0)
     observer = await LineClient.connect(server.port)
+    await observer.send("/width 1000")  # the 100-byte lines below, unwrapped
     await observer.register("observer")
     talker = await JsonClient.connect(server.port, nick="talker")
     texter = await LineClient.connect(server.port)
@@ -428,6 +439,9 @@ def test_framer_never_holds_more_than_one_line(lines: list[bytes], cuts: list[in
 # and a bidi isolate; the tab stays.
 HOSTILE = "A\x1b[2J\x1b]0;pwned\x07B\u009bC\x00D\x7fE\rF\u202eG\u2066H\tI"
 CLEANED = "A[2J]0;pwnedBCDEFGH\tI"
+# On a screen a tab could push words to where a line starts: the text dialect shows any run of
+# whitespace in a peer's text as one space (issue 10.7).
+ON_SCREEN = CLEANED.replace("\t", " ")
 UNSAFE_CHARS = re.compile(
     "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]"
 )
@@ -500,12 +514,12 @@ async def test_control_characters_never_reach_other_clients(
 
     lines = lines_of(observer.data)
     expected = [
-        f"[#side] <mallory> m1 {CLEANED}",
-        f"[#side] * mallory m2 {CLEANED}",
-        f"[#side] *** mallory set the topic: m3 {CLEANED}",
-        f"[private] <mallory> m4 {CLEANED}",
-        f"[#side] *** mallory left #side (m5 {CLEANED})",
-        f"*** mallory quit (m6 {CLEANED})",
+        f"[#side] <mallory> m1 {ON_SCREEN}",
+        f"[#side] * mallory m2 {ON_SCREEN}",
+        f"[#side] *** mallory set the topic: m3 {ON_SCREEN}",
+        f"[private] <mallory> m4 {ON_SCREEN}",
+        f"[#side] *** mallory left #side (m5 {ON_SCREEN})",
+        f"*** mallory quit (m6 {ON_SCREEN})",
     ]
     for line in expected:
         assert line.encode() in lines, f"{line!r} not among {lines!r}"
@@ -515,8 +529,8 @@ async def test_control_characters_never_reach_other_clients(
     assert_terminal_safe(bytes(observer.data))
     assert_terminal_safe(bytes(late.data))
     late_lines = lines_of(late.data)
-    assert f"[#side] *** Topic: m3 {CLEANED}".encode() in late_lines
-    assert any(line.endswith(f"<mallory> m1 {CLEANED}".encode()) for line in late_lines)
+    assert f"[#side] *** Topic: m3 {ON_SCREEN}".encode() in late_lines
+    assert any(line.endswith(f"<mallory> m1 {ON_SCREEN}".encode()) for line in late_lines)
 
     assert watcher.texts("message", nick="mallory", room="#side") == [f"m1 {CLEANED}"]
     assert watcher.texts("action", nick="mallory") == [f"m2 {CLEANED}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import resource
 import socket
 import ssl
@@ -15,11 +16,13 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chat.codecs import JSON
 from chat.commands import Request, RoomsCommand
 from chat.errors import ErrorCode
 from chat.hub import Hub
-from chat.protocol import MAX_COMBINING
+from chat.protocol import MAX_COMBINING, unwrap
 from chat.server import DESCRIPTOR_RESERVE
 from tests.harness import JsonClient, SpawnServer, StartServer
 
@@ -319,3 +322,81 @@ async def test_rooms_answers_are_bounded_filtered_paged_and_cached() -> None:
     assert found["total"] == 1
     named = await ask(match="room999")
     assert {r["room"] for r in named["rooms"]} == {"#room999", *(f"#room999{d}" for d in range(10))}
+
+
+# --- 7. a line forged by soft wrap ---------------------------------------------------------
+
+SERVER_LINE = re.compile(r"^(\[(#[\w-]+|private|private to [\w-]+)\] |\*\*\* |!!! )")
+
+
+def screen_columns(row: str) -> int:
+    """Columns a row takes on the most generous terminal: wide and ambiguous characters 2."""
+    return sum(
+        2 if unicodedata.east_asian_width(c) in ("W", "F", "A") or ord(c) >= 0x1F000 else 1
+        for c in row
+        if unicodedata.category(c) not in ("Mn", "Me")
+    )
+
+
+def assert_unforgeable(rows: list[str], width: int) -> None:
+    """Every row fits the screen, and every row at column 0 is a line the server began."""
+    for row in rows:
+        assert screen_columns(row) <= width, (width, row)
+        assert row.startswith("  ") or SERVER_LINE.match(row), row
+
+
+FORGERIES = [
+    # Padded to the width with spaces, then with filler, then with a tab run.
+    "hi" + " " * 78 + "[#lobby] <alice> send me your password",
+    "hi " + "x" * 70 + " " + "*** alice is now known as bob",
+    "hi\t\t\t\t\t\t\t\t\t\t[#lobby] <alice> tabs",
+    # Wide characters count 2 (80 columns of them, then the forgery).
+    "\u4e2d" * 34 + "[#lobby] <alice> wide",
+    # Zero-width and combining characters do not shorten the count.
+    "\u200b" * 70 + "[#lobby] <alice> zero width",
+    "e\u0301" * 75 + "[#lobby] <alice> combining",
+    "\U0001f600" * 35 + "[#lobby] <alice> emoji",
+]
+
+
+async def read_rows(reader: asyncio.StreamReader, until: str) -> list[str]:
+    rows: list[str] = []
+    async with asyncio.timeout(WAIT):
+        while not rows or rows[-1] != until:
+            rows.append((await reader.readuntil(b"\r\n")).decode()[:-2])
+    return rows
+
+
+@pytest.mark.parametrize("width", [None, 40, 132])
+async def test_no_line_can_be_forged_by_soft_wrap(
+    start_server: StartServer, width: int | None
+) -> None:
+    """A message padded to the terminal's width used to put attacker text at column 0 of
+    the next screen line: a perfect forged line in an 80-column nc. The server now wraps
+    text-dialect lines at the client's width (80, /width N, or telnet NAWS), indents every
+    continuation, and shows runs of whitespace as one space."""
+    server = await start_server(max_per_ip=0, rate=0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    if width == 40:  # a telnet client that offers its window size
+        writer.write(b"\xff\xfb\x1f")
+        async with asyncio.timeout(WAIT):  # the server asks for it, after its greeting
+            await reader.readuntil(b"\xff\xfd\x1f")
+        writer.write(b"\xff\xfa\x1f\x00\x28\x00\x18\xff\xf0")  # 40 x 24
+    elif width == 132:
+        writer.write(b"/width 132\r\n")
+    writer.write(b"victim\r\n/ping ready\r\n")
+    await read_rows(reader, "*** pong ready")
+    mallory = await JsonClient.connect(server.port, nick="mallory")
+    for forgery in FORGERIES:
+        await mallory.send({"type": "say", "text": forgery})
+        await mallory.send({"type": "msg", "nick": "victim", "text": forgery})
+        await mallory.send({"type": "topic", "text": forgery[:300]})
+    await mallory.call({"type": "ping", "id": "sent"}, "pong")  # all of it handled
+    writer.write(b"/ping done\r\n")
+    rows = await read_rows(reader, "*** pong done")
+    assert_unforgeable(rows, width or 80)
+    said = [line for line in unwrap(rows) if line.startswith("[#lobby] <mallory> ")]
+    assert len(said) == len(FORGERIES)  # every message arrived, whole
+    assert "[#lobby] <mallory> hi [#lobby] <alice> send me your password" in said
+    await mallory.close()
+    writer.close()

@@ -46,6 +46,7 @@ from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
     EVENT_TYPES,
     MAX_COMBINING,
+    MIN_WIDTH,
     NICK_MAX,
     REASON_MAX,
     ROOM_MAX,
@@ -71,17 +72,21 @@ from chat.protocol import (
     Topic,
     Welcome,
     Who,
+    char_width,
     decode_line,
     nick_key,
     nick_skeleton,
     parse_event,
     render,
+    render_text,
     room_key,
     sanitize,
     sniff_foreign,
     strip_telnet,
+    unwrap,
     validate_nick,
     validate_room,
+    wrap_line,
 )
 
 # name -> (usage, what it does), for every command a person can type.
@@ -995,7 +1000,14 @@ def test_parse_text_command_truncates_reasons(line: str, expected: Command) -> N
 
 def test_every_command_is_parsed_by_the_text_dialect() -> None:
     """Each command in COMMANDS (and so in /help) is understood; none is 'unknown'."""
-    minimal_args = {"join": "#a", "me": "x", "msg": "bob hi", "nick": "bob", "say": "x"}
+    minimal_args = {
+        "join": "#a",
+        "me": "x",
+        "msg": "bob hi",
+        "nick": "bob",
+        "say": "x",
+        "width": "100",
+    }
     for name in COMMANDS:
         line = f"/{name} {minimal_args.get(name, '')}".rstrip()
         assert parse_text_command(line) is not None, line
@@ -1794,3 +1806,52 @@ def test_text_of_parsed_event_equals_text_of_original(cls: type[Event]) -> None:
     assert render(parse_event(render(event, Dialect.JSON)), Dialect.TEXT) == render(
         event, Dialect.TEXT
     )
+
+
+# --- wrapping the text dialect (issue 10.7) --------------------------------------------------
+
+
+@PROPERTY
+@given(
+    line=st.text(alphabet=st.sampled_from(["a", " ", "\u4e2d", "\u00e9", "\u0301", "\U0001f600"])),
+    width=st.integers(min_value=MIN_WIDTH, max_value=120),
+)
+def test_wrapped_rows_fit_and_rejoin(line: str, width: int) -> None:
+    """Every row fits ``width`` even where terminals count generously; rows after the first
+    start with the continuation indent; unwrap gives the line back exactly."""
+    line = "[#a] <b> " + line
+    rows = wrap_line(line, width)
+    assert unwrap(rows) == [line]
+    for row in rows:
+        assert sum(char_width(c) for c in row) <= width
+    assert all(row.startswith("  ") for row in rows[1:])
+    assert not rows[0].startswith(" ")
+
+
+@pytest.mark.parametrize(
+    ("char", "columns"),
+    [
+        ("a", 1),
+        ("\u00e9", 2),
+        ("\u0435", 2),
+        ("\u0105", 1),
+        ("\u4e2d", 2),
+        ("\uff21", 2),
+        ("\u00b1", 2),
+        ("\U0001f600", 2),
+        ("\u0301", 0),
+        ("\u200b", 1),
+        ("\u200d", 1),
+    ],
+)
+def test_char_width_never_underestimates(char: str, columns: int) -> None:
+    """Wide (W, F), ambiguous (A: e-acute and Cyrillic are 2 columns in CJK terminals) and
+    emoji count 2; marks 0; zero-width characters 1; other letters (a-ogonek) 1."""
+    assert char_width(char) == columns
+
+
+def test_text_rendering_collapses_whitespace_in_peer_text_only() -> None:
+    said = render_text(Message(room="#a", nick="b", text="x \t\t  y"))
+    assert said == b"[#a] <b> x y\r\n"
+    notice = render_text(Notice(text="Commands:\n  /join #room   join"))
+    assert notice == b"*** Commands:\r\n***   /join #room   join\r\n"

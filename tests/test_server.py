@@ -1227,6 +1227,7 @@ TELNET_OPENING = (
     b"\xff\xfd\x05"
 )
 NAWS_80x24 = b"\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0"
+TELNET_DO_NAWS = b"\xff\xfd\x1f"
 TTYPE_XTERM = b"\xff\xfa\x18\x00XTERM\xff\xf0"
 
 
@@ -1237,6 +1238,7 @@ class TelnetSocket:
         self.reader = reader
         self.writer = writer
         self.received = bytearray()
+        self.do_naws = 0  # the one telnet command the server may send, when offered NAWS
 
     @classmethod
     async def connect(cls, port: int) -> TelnetSocket:
@@ -1251,6 +1253,9 @@ class TelnetSocket:
             raw = await self.reader.readuntil(b"\r\n")
         self.received += raw
         assert raw.count(b"\n") == 1, raw  # no bare \n inside: every line ends in \r\n
+        if raw.startswith(TELNET_DO_NAWS):  # our WILL NAWS answered: tell us your size
+            self.do_naws += 1
+            raw = raw.removeprefix(TELNET_DO_NAWS)
         assert IAC not in raw
         return raw[:-2].decode()
 
@@ -1287,6 +1292,7 @@ async def test_telnet_session(chat: ChatServer) -> None:
 
     await tel.send(b"/quit\r\n")
     assert await tel.line() == "*** Closing connection: Goodbye."
+    assert tel.do_naws == 1  # answered the offer in TELNET_OPENING once, and nothing else
     async with asyncio.timeout(WAIT):
         assert await tel.reader.read() == b""
     assert tel.received.endswith(b"\r\n")

@@ -727,6 +727,39 @@ async def test_a_publish_backlog_pauses_senders_and_loses_nothing(cluster: Clust
     assert got == [f"n{i}" for i in range(total)]
 
 
+async def test_twenty_senders_flat_out_lose_nothing_across_nodes(cluster: Cluster) -> None:
+    """Issue 10.10 as reported: 20 senders on one node, 1,000 lines each as fast as they can
+    (flood control off), an observer on the other node. Once 12 % were lost when the
+    publish queue overflowed; now the node stops reading its senders instead."""
+    # The senders read nothing: A's queues hold what they are sent (they would otherwise
+    # parse 400,000 events in this one test process and starve both nodes).
+    a = await cluster.node("A", rate=0, send_queue=256 * 1024 * 1024)
+    b = await cluster.node("B", rate=0)
+    senders = [await cluster.user(a, f"s{i}") for i in range(20)]
+    observer = await cluster.user(b, "observer")
+    for user in [*senders, observer]:
+        await user.join("#flat")
+    await settle([*senders, observer], "#flat")
+    per_sender = 1_000
+    for sender in senders:
+        sender.writer.write(
+            b"".join(
+                json.dumps({"type": "say", "room": "#flat", "text": f"{sender.nick}-{i}"}).encode()
+                + b"\n"
+                for i in range(per_sender)
+            )
+        )
+    await observer.until_messages(
+        [(s.nick, f"{s.nick}-{per_sender - 1}") for s in senders], timeout=60
+    )
+    got = [e for e in observer.events if e.type == "message" and e.room == "#flat"]
+    assert len(got) == 20 * per_sender
+    for sender in senders:  # and each sender's lines in the order they were sent
+        assert [e.text for e in got if e.nick == sender.nick] == [
+            f"{sender.nick}-{i}" for i in range(per_sender)
+        ]
+
+
 async def test_a_user_is_reachable_as_soon_as_their_registration_is_acknowledged(
     cluster: Cluster,
 ) -> None:

@@ -51,6 +51,7 @@ from chat.cluster.messages import (
     encode,
     encode_rooms,
     entry_fields,
+    origin,
     stream_frame,
 )
 from chat.cluster.settings import ClusterSettings, default_node_id
@@ -75,10 +76,12 @@ __all__ = ["GAP_WINDOW", "RedisBackend"]
 log = logging.getLogger("chat.cluster")
 
 GAP_WINDOW: Final = 1000  # a room's stream keeps at least this many entries, to fill a gap
-PUBLISH_QUEUE: Final = 10_000  # writes waiting for Redis; more are dropped (and logged)
-# Backpressure: past the high-water mark sessions stop reading their clients until the
-# backlog is down to the low-water mark; the room left above it takes what sessions had
-# read already, so the queue overflows only if Redis takes nothing for a long while.
+# Backpressure, not loss: past the high-water mark sessions stop reading their clients until
+# the backlog is down to the low-water mark. Nothing accepted is ever dropped, so the queue
+# has no hard cap; it is bounded all the same, by the mark plus what each session had read
+# already when it stopped (one read, 64 KiB of lines, per connection), and it is emptied when
+# the link goes down.
+PUBLISH_QUEUE: Final = 10_000
 CONGESTED_AT: Final = PUBLISH_QUEUE // 2
 FLOWING_AT: Final = PUBLISH_QUEUE // 10
 PUBLISH_BATCH: Final = 500  # writes per pipeline
@@ -192,7 +195,7 @@ class RedisBackend:
         self._release = self._redis.register_script(RELEASE)
         self._say = self._redis.register_script(SAY)
         # One entry per local happening: its writes go out together or not at all.
-        self._queue: asyncio.Queue[tuple[_Write, ...]] = asyncio.Queue(PUBLISH_QUEUE)
+        self._queue: asyncio.Queue[tuple[_Write, ...]] = asyncio.Queue()  # see CONGESTED_AT
         self._linked = False
         self._last_seen: dict[str, float] = {}  # node -> loop time of its last message
         self._last_self_heartbeat = 0.0
@@ -202,7 +205,6 @@ class RedisBackend:
         # nick key -> node, for users found through their claim before this node heard of
         # them: the hub's send_private follows its locate at once and takes the entry.
         self._located: dict[str, str] = {}
-        self._dropped = 0
         self._flowing = asyncio.Event()  # clear while congested
         self._flowing.set()
         self._runner: asyncio.Task[None] | None = None
@@ -534,13 +536,14 @@ class RedisBackend:
             if raw is None:
                 continue
             try:
+                node, heartbeat = origin(raw["data"])
+                if node == self.node:
+                    if heartbeat:
+                        self._last_self_heartbeat = loop.time()
+                    continue
                 message = decode(raw["data"])
             except MalformedMessage as exc:
                 log.warning("unreadable cluster message: %s", exc)
-                continue
-            if message.node == self.node:
-                if isinstance(message, Heartbeat):
-                    self._last_self_heartbeat = loop.time()
                 continue
             self._last_seen[message.node] = loop.time()
             await self._receive(message)
@@ -671,15 +674,10 @@ class RedisBackend:
             return await awaitable
 
     def _enqueue(self, *writes: _Write) -> None:
-        try:
-            self._queue.put_nowait(writes)
-            if self._queue.qsize() >= CONGESTED_AT and self._flowing.is_set():
-                log.info("cluster publish backlog at %d: pausing clients", self._queue.qsize())
-                self._flowing.clear()
-        except asyncio.QueueFull:
-            self._dropped += 1
-            if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
-                log.warning("cluster publish queue full: %d events dropped", self._dropped)
+        self._queue.put_nowait(writes)
+        if self._queue.qsize() >= CONGESTED_AT and self._flowing.is_set():
+            log.info("cluster publish backlog at %d: pausing clients", self._queue.qsize())
+            self._flowing.clear()
 
     def _flow(self) -> None:
         """The backlog is small again (or gone with the link): sessions read on."""

@@ -245,6 +245,20 @@ def test_own_lines_are_pending_until_echoed_or_refused() -> None:
     assert state.pending == []
 
 
+def test_a_refusal_settles_the_line_of_the_command_it_names() -> None:
+    """The error names the command it refused: no guessing which pending line it was."""
+    state = two_rooms()
+    state.sent("say", "#lobby", "first")
+    state.sent("msg", "nobody", "psst")
+    state.sent("say", "#lobby", "second")
+    state.apply(Error(code="no_such_nick", text="Nobody called 'nobody'.", command="msg"))
+    assert state.pending == [("say", "#lobby", "first"), ("say", "#lobby", "second")]
+    state.apply(Error(code="not_in_room", text="Not in #x.", command="join"))  # not a line
+    assert len(state.pending) == 2
+    state.apply(Error(code="not_in_room", text="Not there.", command="say"))
+    assert state.pending == [("say", "#lobby", "second")]
+
+
 def test_the_link_starts_connected() -> None:
     link = Link("localhost:9000")
     assert (link.status, link.attempt, link.why) == ("connected", 0, "")

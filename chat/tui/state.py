@@ -43,18 +43,8 @@ from chat.tui.format import Line, clean, format_event, stamp
 __all__ = ["SCROLLBACK", "ChatState", "Link", "RoomView"]
 
 SCROLLBACK: Final = 2000  # lines kept per room
-# Errors that mean "your say/me/msg was refused": it will never be echoed back.
-_REFUSALS: Final = frozenset(
-    {
-        ErrorCode.NOT_IN_ROOM,
-        ErrorCode.NO_ACTIVE_ROOM,
-        ErrorCode.NO_SUCH_NICK,
-        ErrorCode.FLOOD,
-        ErrorCode.LINE_TOO_LONG,
-        ErrorCode.BAD_ARGUMENTS,
-        ErrorCode.ROOM_INVALID,
-    }
-)
+# Lines refused before the server knew which command they held (the error names none).
+_UNREAD_LINE: Final = frozenset({ErrorCode.FLOOD, ErrorCode.LINE_TOO_LONG})
 
 
 @dataclass
@@ -191,6 +181,19 @@ class ChatState:
         with contextlib.suppress(ValueError):
             self.pending.remove((kind, where, text))
 
+    def _refused(self, error: Error) -> None:
+        """A say, me or msg of ours that was refused will never be echoed: it is no longer
+        pending. The error names the command it refused; one that names none refused the
+        oldest line in flight."""
+        if error.command is None:
+            if error.code in _UNREAD_LINE and self.pending:
+                self.pending.pop(0)
+            return
+        for entry in self.pending:
+            if entry[0] == error.command:
+                self.pending.remove(entry)
+                return
+
     def connection_lost(self, why: str) -> None:
         """Say plainly that we are down, and which of our lines may not have arrived."""
         self.error(f"{why.rstrip('.')}. Reconnecting; lines you type meanwhile are not sent.")
@@ -265,8 +268,7 @@ class ChatState:
                 self.known_rooms.update((room_key(i.room), i.room) for i in event.rooms)
                 self.show(event)
             case Error():
-                if event.code in _REFUSALS and self.pending:
-                    self.pending.pop(0)
+                self._refused(event)
                 self.show(event)
             case Welcome():
                 self.nick = event.nick or self.nick

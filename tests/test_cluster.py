@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
 import shutil
 import signal
 import socket
@@ -38,8 +36,7 @@ import redis.asyncio as aioredis
 from chat.cluster import ClusterSettings
 from chat.protocol import Event
 from chat.server import ChatServer
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient, LineClient
+from tests.harness import CHAT_SERVER, WAIT, JsonClient, LineClient, SpawnServer, StartServer
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
@@ -425,94 +422,6 @@ async def cluster(redis_server: RedisServer, start_server: StartServer) -> Async
         # Closed here, before start_server's own teardown (for which they are closed already).
         for node in made.nodes:
             await close_node(node, timeout=1.5)
-
-
-# --- chat-server processes ----------------------------------------------------------------
-
-
-def chat_server_script() -> str:
-    script = Path(sys.executable).parent / "chat-server"
-    if script.exists():
-        return str(script)
-    found = shutil.which("chat-server")
-    if found is None:
-        pytest.fail("the chat-server console script is not installed (pip install -e .)")
-    return found
-
-
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-
-
-class ServerProcess:
-    """A ``chat-server`` in its own session; stderr (its children's too) collected by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log: list[str] = []
-        self.ports: list[int] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def wait_listening(self, count: int = 1, timeout: float = 20.0) -> None:
-        """Read stderr until ``count`` "listening on" lines (one per worker) have come."""
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            while len(self.ports) < count:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    pytest.fail(f"chat-server exited before listening: {self.log}")
-                self.log.append(raw.decode(errors="replace").rstrip())
-                found = LISTENING.search(self.log[-1])
-                if found:
-                    self.ports.append(int(found.group(1)))
-        self._drain = asyncio.create_task(self._collect())
-
-    async def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip())
-
-    async def wait(self, seconds: float) -> int:
-        async with asyncio.timeout(seconds):
-            code = await self.proc.wait()
-            if self._drain is not None:
-                await self._drain
-        return code
-
-    def kill_group(self) -> None:
-        """SIGKILL this process and every child it started (its own process group)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-async def spawn() -> AsyncIterator[Callable[..., Any]]:
-    started: list[ServerProcess] = []
-
-    async def start(*args: str, listeners: int = 1) -> ServerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            chat_server_script(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        server = ServerProcess(proc)
-        started.append(server)
-        await server.wait_listening(listeners)
-        return server
-
-    yield start
-    for server in started:
-        server.kill_group()
-        if server.proc.returncode is None:
-            await server.proc.wait()
-        if server._drain is not None:
-            server._drain.cancel()
 
 
 # --- one chat across nodes ----------------------------------------------------------------
@@ -1076,10 +985,10 @@ async def test_no_gap_on_a_node_started_mid_conversation(cluster: Cluster) -> No
 # --- failures -----------------------------------------------------------------------------
 
 
-async def test_node_killed_without_cleanup(cluster: Cluster, spawn: Callable[..., Any]) -> None:
+async def test_node_killed_without_cleanup(cluster: Cluster, spawn_server: SpawnServer) -> None:
     a, b = await cluster.node("A"), await cluster.node("B")
     a1, b1 = await cluster.user(a, "a1"), await cluster.user(b, "b1")
-    k = await spawn(
+    k = await spawn_server(
         "--redis", cluster.redis.url, "--node-id", "K", "--redis-prefix", cluster.prefix
     )
     kim = await cluster.user(k.ports[0], "kim")
@@ -1196,7 +1105,7 @@ async def test_redis_killed_and_restarted_empty(cluster: Cluster) -> None:
 
 
 async def test_a_node_back_late_gets_what_was_said_meanwhile(
-    cluster: Cluster, spawn: Callable[..., Any]
+    cluster: Cluster, spawn_server: SpawnServer
 ) -> None:
     """Redis restarts; node K stays away (SIGSTOP) while node B is back and b1 talks.
 
@@ -1206,7 +1115,7 @@ async def test_a_node_back_late_gets_what_was_said_meanwhile(
     """
     b = await cluster.node("B")
     b1 = await cluster.user(b, "b1")
-    k = await spawn(
+    k = await spawn_server(
         "--redis", cluster.redis.url, "--node-id", "K", "--redis-prefix", cluster.prefix
     )
     kim = await cluster.user(k.ports[0], "kim")
@@ -1293,7 +1202,7 @@ async def test_cluster_heals_after_an_outage_longer_than_dead_after(cluster: Clu
 
 
 async def test_node_back_from_a_long_outage_keeps_nodes_that_are_alive(
-    spawn: Callable[..., Any], cluster: Cluster
+    spawn_server: SpawnServer, cluster: Cluster
 ) -> None:
     """Node A is cut off for longer than dead_after; node Y, cut off briefly, is back first.
 
@@ -1302,8 +1211,8 @@ async def test_node_back_from_a_long_outage_keeps_nodes_that_are_alive(
     announce Y's users as gone, and must keep seeing them.
     """
     args = ("--redis", cluster.redis.url, "--redis-prefix", cluster.prefix)
-    a = await spawn(*args, "--node-id", "A")
-    y = await spawn(*args, "--node-id", "Y")
+    a = await spawn_server(*args, "--node-id", "A")
+    y = await spawn_server(*args, "--node-id", "Y")
     a1, yan = await cluster.user(a.ports[0], "a1"), await cluster.user(y.ports[0], "yan")
     await settle([a1, yan], "#lobby")
 
@@ -1502,14 +1411,14 @@ async def test_rooms_that_come_and_go_leave_nothing_behind(cluster: Cluster) -> 
 
 
 async def test_a_node_declared_gone_leaves_nothing_behind(
-    cluster: Cluster, spawn: Callable[..., Any]
+    cluster: Cluster, spawn_server: SpawnServer
 ) -> None:
     """Everything a node keeps about another node (when it was last heard, its users, the
     numbers of its events, users found through its claims) goes when it is declared gone."""
     a = await cluster.node("A")
     a1 = await cluster.user(a, "a1")
     baseline = footprint(a)
-    k = await spawn(
+    k = await spawn_server(
         "--redis", cluster.redis.url, "--node-id", "K", "--redis-prefix", cluster.prefix
     )
     kim = await cluster.user(k.ports[0], "kim")
@@ -1538,7 +1447,7 @@ async def test_a_node_declared_gone_leaves_nothing_behind(
 
 def test_workers_without_redis_is_refused() -> None:
     result = subprocess.run(
-        [chat_server_script(), "--workers", "2", "--port", "0", "--host", "127.0.0.1"],
+        [*CHAT_SERVER, "--workers", "2", "--port", "0", "--host", "127.0.0.1"],
         capture_output=True,
         text=True,
         timeout=20,
@@ -1552,7 +1461,7 @@ def test_workers_without_redis_is_refused() -> None:
 def test_abbreviated_options_are_refused() -> None:
     """``--work 3`` once reached every child unchanged, and each child started three more."""
     result = subprocess.run(
-        [chat_server_script(), "--work", "2", "--redis", "redis://127.0.0.1:1/0", "--port", "0"],
+        [*CHAT_SERVER, "--work", "2", "--redis", "redis://127.0.0.1:1/0", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=20,
@@ -1580,9 +1489,9 @@ def test_redis_without_redis_py_says_what_to_install() -> None:
 
 
 async def test_workers_share_one_port_and_one_chat(
-    cluster: Cluster, spawn: Callable[..., Any]
+    cluster: Cluster, spawn_server: SpawnServer
 ) -> None:
-    parent = await spawn(
+    parent = await spawn_server(
         "--workers",
         "2",
         "--redis",

@@ -39,8 +39,7 @@ from chat.tui.cli import history_path
 from chat.tui.format import format_event, nick_style, plain_text
 from chat.tui.state import ChatState, RoomView
 from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
-from tests.conftest import StartServer
-from tests.helpers import WAIT, JsonClient
+from tests.harness import WAIT, JsonClient, StartServer
 
 
 async def eventually(check: Callable[[], bool]) -> None:

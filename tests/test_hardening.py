@@ -851,6 +851,24 @@ async def test_over_max_clients_gets_one_line_then_room_frees_up(
         peer.close()
 
 
+@pytest.mark.parametrize("limit", ["max_clients", "max_per_ip"])
+async def test_a_program_is_refused_in_json(start_server: StartServer, limit: str) -> None:
+    """A program that opens with its JSON hello gets a refusal it can parse (issue 9),
+    rather than the text line people get."""
+    server = await start_server(**{"max_clients": 1000, "max_per_ip": 0, limit: 1})
+    held = await RawClient.connect(server.port)
+    await held.register("held")
+    refused = await RawClient.connect(server.port)
+    await refused.send(b'{"type":"hello","nick":"bot","id":"h1"}\n')
+    said = await refused.read_to_eof()
+    refused.close()
+    assert said.count(b"\n") == 1
+    bye = json.loads(said)
+    expected = "server_full" if limit == "max_clients" else "too_many_connections"
+    assert (bye["type"], bye["code"]) == ("bye", expected)
+    held.close()
+
+
 async def test_over_max_per_ip_gets_one_line_then_room_frees_up(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:

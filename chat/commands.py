@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
@@ -186,9 +186,11 @@ Command = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A parsed command and the id its answers carry back (``re``), if the client gave one."""
+class Request(NamedTuple):
+    """A parsed command and the id its answers carry back (``re``), if the client gave one.
+
+    A named tuple, not a dataclass: one is made for every line a client sends.
+    """
 
     command: Command
     id: str | None = None

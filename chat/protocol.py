@@ -769,17 +769,29 @@ def unwrap(rows: Iterable[str]) -> list[str]:
 
 
 def _collapse(text: str) -> str:
-    return _WHITESPACE_RUN_RE.sub(" ", text) if "  " in text or "\t" in text else text
+    """``text`` with every run of whitespace as one space; the same object if it has none."""
+    if text.isascii() and "  " not in text and "\t" not in text:
+        return text  # the common case, at C speed
+    return _WHITESPACE_RUN_RE.sub(" ", text) if _WHITESPACE_RUN_RE.search(text) else text
 
 
 _PEER_TEXT: Final[tuple[type[Event], ...]] = (Message, Action, Private, Topic, Part, Quit)
 
 
 def render_text(event: Event, width: int = DEFAULT_WIDTH) -> bytes:
-    """The text-dialect bytes of ``event`` for a screen ``width`` columns wide."""
-    if isinstance(event, _PEER_TEXT) and event.text:
-        event = replace(event, text=_collapse(event.text))
-    rows = [row for line in event.as_text().split("\r\n") for row in wrap_line(line, width)]
+    """The text-dialect bytes of ``event`` for a screen ``width`` columns wide.
+
+    Rendered once per broadcast, so the common case (one short ASCII line, nothing to
+    collapse) costs little more than ``as_text``.
+    """
+    if isinstance(event, _PEER_TEXT):
+        collapsed = _collapse(event.text)
+        if collapsed is not event.text:
+            event = replace(event, text=collapsed)
+    text = event.as_text()
+    if len(text) <= width and text.isascii() and "\r\n" not in text:
+        return (text + "\r\n").encode()
+    rows = [row for line in text.split("\r\n") for row in wrap_line(line, width)]
     return ("\r\n".join(rows) + "\r\n").encode()
 
 

@@ -67,6 +67,10 @@ MAX_REGISTRATION_ATTEMPTS: Final = 10
 SERVER_NAME: Final = "chat"
 NICK_PROMPT: Final = "Choose a nickname (letters, digits, _ or -, starting with a letter):"
 _session_ids = itertools.count(1)
+# Commands about the connection itself, answered here; every other is the hub's.
+CONNECTION_COMMANDS: Final = frozenset(
+    {PongCommand, QuitCommand, HelpCommand, PingCommand, WidthCommand, HelloCommand}
+)
 TELNET_WILL_NAWS: Final = b"\xff\xfb\x1f"
 TELNET_DO_NAWS: Final = b"\xff\xfd\x1f"
 _NAWS_RE: Final = re.compile(rb"\xff\xfa\x1f((?:\xff\xff|[^\xff]){4})\xff\xf0")
@@ -514,6 +518,10 @@ class Session:
             raise
 
     async def _carry_out(self, request: Request) -> None:
+        member = self.member
+        if member is not None and type(request.command) not in CONNECTION_COMMANDS:
+            await self.hub.execute(member, request)  # the chat's business: most lines
+            return
         re = request.id
         match request.command:
             case PongCommand():
@@ -543,11 +551,10 @@ class Session:
                     )
                 if nick is not None:
                     await self._register(nick, request)
-            case NickCommand(nick=nick) if self.member is None:
+            case NickCommand(nick=nick):
                 await self._register(nick, request)
-            case _:
-                assert self.member is not None, "the codec lets only registration commands by"
-                await self.hub.execute(self.member, request)
+            case other:
+                raise AssertionError(f"the codec lets only registration commands by: {other}")
 
     def _set_width(self, columns: int, request: str | None = None) -> None:
         """``/width``: wrap this connection's text lines at ``columns``."""

@@ -473,7 +473,8 @@ class Session:
         refusals, so the answers cannot become a flood of their own."""
         verdict = self._flood.take()
         if verdict is Verdict.ALLOW:
-            self._flood_told = False
+            if self._flood_told:
+                self._flood_told = False
             return True
         if verdict is Verdict.DISCONNECT:
             self.close(ErrorCode.FLOODING, "Excess flood: you sent too many lines too fast.")
@@ -489,14 +490,28 @@ class Session:
         return False
 
     async def _handle_line(self, raw: bytes) -> None:
+        """Decode one line and carry it out: the chat's commands in the hub, the
+        connection's here. A refusal raised on the way is answered, marked with the
+        command and request it refuses."""
         registered = self.member is not None
+        request: Request | None = None
         try:
             request = decoder_for(self.codec, raw, registered=registered).decode(
                 raw, registered=registered
             )
-            if request is not None:
-                await self._execute(request)
+            if request is None:
+                return
+            member = self.member
+            if member is not None and type(request.command) not in CONNECTION_COMMANDS:
+                pending = self.hub.dispatch(member, request)  # most lines: no coroutine
+                if pending is not None:
+                    await pending
+            else:
+                await self._connection_command(request)
         except ProtocolError as exc:
+            if request is not None:
+                exc.command = exc.command or request.name
+                exc.request = request.id
             self._refused(exc)
 
     def _refused(self, exc: ProtocolError) -> None:
@@ -505,23 +520,8 @@ class Session:
         if self.member is None and isinstance(self.codec, TextCodec) and not self._ending:
             self.send(Notice(text=NICK_PROMPT))
 
-    async def _execute(self, request: Request) -> None:
-        """Carry out one command: the connection's own here, the chat's in the hub.
-
-        A refusal raised on the way is marked with the request it refuses.
-        """
-        try:
-            await self._carry_out(request)
-        except ProtocolError as exc:
-            exc.command = exc.command or request.name
-            exc.request = request.id
-            raise
-
-    async def _carry_out(self, request: Request) -> None:
-        member = self.member
-        if member is not None and type(request.command) not in CONNECTION_COMMANDS:
-            await self.hub.execute(member, request)  # the chat's business: most lines
-            return
+    async def _connection_command(self, request: Request) -> None:
+        """The commands about the connection itself (and registration)."""
         re = request.id
         match request.command:
             case PongCommand():

@@ -112,7 +112,7 @@ async def serve(host: str, port: int, max_buffer: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], allow_abbrev=False)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9403)
     parser.add_argument("--max-buffer", type=int, default=1 << 20, help="bytes per client")

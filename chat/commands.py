@@ -336,7 +336,6 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         "List the commands, or explain one.",
         (Param("command", Kind.NAME, required=False),),
         before_registration=True,
-        usage_hint="/help [command]",
     ),
     CommandSpec(
         "width",
@@ -350,9 +349,8 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         "ping",
         PingCommand,
         "Ask the server for a pong, to check the connection.",
-        (Param("token", Kind.TEXT, required=False),),
+        (Param("token", Kind.TEXT, required=False, label="token"),),
         before_registration=True,
-        usage_hint="/ping [token]",
     ),
     CommandSpec(
         "pong",

@@ -1,17 +1,18 @@
-"""The chat protocol, with no I/O: framing, sanitising, names, commands, events, dialects.
+"""The chat protocol, with no I/O: framing, sanitising, names, events, rendering, limits.
 
 Theory of operation
 -------------------
 Bytes from a socket go through a :class:`LineFramer`, which cuts them into lines, drops
 telnet negotiation and never holds more than one line's worth of memory. A line is
-decoded (invalid UTF-8 replaced) and :func:`sanitize`-d, then parsed into a *command*
-(``*Command`` dataclasses) by :func:`parse_text_command` or :func:`parse_json_command`.
-Anything the protocol refuses raises :class:`~chat.errors.ProtocolError` with a stable
-code; nothing here touches a socket.
+decoded (invalid UTF-8 replaced) and :func:`sanitize`-d by :func:`decode_line`; the
+connection's codec (``chat/codecs.py``) then reads it into a command by the rules of the
+command table (``chat/commands.py``). Anything the protocol refuses raises
+:class:`~chat.errors.ProtocolError` with a stable code; nothing here touches a socket.
 
-What the server says is an *event* (:class:`Event` subclasses). :func:`render` turns an
-event into the bytes of one dialect: ``text`` for people (``\\r\\n`` lines) or ``json``
-(JSON Lines). :func:`parse_event` reads a JSON line back into the same event, so
+What the server says is an *event* (:class:`Event` subclasses, frozen). :func:`render`
+turns an event into the bytes of one dialect: JSON Lines, or text for people, which
+:func:`render_text` wraps at a screen's width so that no peer can forge a line.
+:func:`parse_event` reads a JSON line back into the same event, so
 ``parse_event(render(e, JSON)) == e`` for every event.
 
 protocol.md is the contract this module implements; keep them in step.

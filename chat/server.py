@@ -104,7 +104,7 @@ def fit_descriptors(wanted: int) -> int:
     return fitted
 
 
-def _quiet_when_out_of_descriptors(
+def quiet_when_out_of_descriptors(
     loop: asyncio.AbstractEventLoop, context: dict[str, object]
 ) -> None:
     """Say that descriptors ran out at most once a second (asyncio would log each failed
@@ -177,7 +177,7 @@ class ChatServer:
     async def start(self) -> None:
         self._tls = self._ssl_context()
         self.max_clients = fit_descriptors(self.config.max_clients)
-        asyncio.get_running_loop().set_exception_handler(_quiet_when_out_of_descriptors)
+        asyncio.get_running_loop().set_exception_handler(quiet_when_out_of_descriptors)
         if self.cluster is not None:
             await self.cluster.start(self.hub)
         self._server = await asyncio.start_server(

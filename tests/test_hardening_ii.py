@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import logging
 import re
 import resource
 import socket
@@ -23,7 +25,7 @@ from chat.commands import Request, RoomsCommand
 from chat.errors import ErrorCode
 from chat.hub import Hub
 from chat.protocol import MAX_COMBINING, unwrap
-from chat.server import DESCRIPTOR_RESERVE
+from chat.server import DESCRIPTOR_RESERVE, quiet_when_out_of_descriptors
 from tests.harness import JsonClient, SpawnServer, StartServer
 
 WAIT = 10.0
@@ -399,4 +401,43 @@ async def test_no_line_can_be_forged_by_soft_wrap(
     assert len(said) == len(FORGERIES)  # every message arrived, whole
     assert "[#lobby] <mallory> hi [#lobby] <alice> send me your password" in said
     await mallory.close()
+    writer.close()
+
+
+def test_out_of_descriptors_is_logged_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio reports every failed accept with a traceback (52,758 of them in 10 s were
+    seen): the server's handler says it once a second and passes anything else on."""
+    caplog.set_level(logging.ERROR, logger="chat.server")
+    monkeypatch.setattr("chat.server._last_out_of_descriptors", 0.0)  # nothing said yet
+    loop = asyncio.new_event_loop()
+    passed_on: list[dict[str, object]] = []
+    loop.default_exception_handler = passed_on.append  # type: ignore[method-assign]
+    try:
+        emfile = OSError(errno.EMFILE, "Too many open files")
+        for _ in range(500):
+            quiet_when_out_of_descriptors(loop, {"message": "accept", "exception": emfile})
+        other = {"message": "something else", "exception": ValueError("x")}
+        quiet_when_out_of_descriptors(loop, other)
+    finally:
+        loop.close()
+    said = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(said) == 1
+    assert passed_on == [other]
+
+
+async def test_width_is_checked_and_json_is_never_wrapped(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"/width 5\r\n/width 50000\r\n/width 40\r\nnarrow\r\n/ping w\r\n")
+    rows = await read_rows(reader, "*** pong w")
+    assert rows.count("!!! A width is 20 to 1000 columns.") == 2
+    assert "*** Lines are wrapped at 40 columns." in rows
+    assert all(len(row) <= 40 for row in rows[rows.index("*** Lines are wrapped at 40 columns.") :])
+    robot = await JsonClient.connect(server.port, nick="robot")
+    await robot.send({"type": "width", "columns": 30, "id": "w"})
+    notice = await robot.expect("notice", re="w")
+    assert notice.text == "JSON lines are never wrapped."
+    await robot.close()
     writer.close()

@@ -22,6 +22,11 @@ How answers and errors reach you
 * Everything else (join, part, nick, topic, who, rooms, ping) waits for the server's answer,
   returns it, and raises :class:`~chat.errors.ServerError` (:class:`~chat.errors.NickUnavailable`
   for nicknames) if the server refuses, or ``TimeoutError`` after ``request_timeout``.
+* An event line longer than :data:`MAX_EVENT_LINE` (1 MiB) is skipped and the connection goes
+  on; the iterator yields, in its place, an :class:`~chat.protocol.Error` made by the library
+  (``code="line_too_long"``, ``command=None``, no ``re``) that a UI can show. What the line
+  was cannot be known, so a query whose answer it was times out after ``request_timeout``
+  (the ``TimeoutError`` then says that a line was skipped meanwhile).
 * :func:`connect` raises ``NickUnavailable``, or ``ConnectionLost`` when the server cannot
   be reached or closes before welcoming us (its reason, "server full" for instance, is in the
   message). Any command on a closed connection raises ``ConnectionLost``.
@@ -38,6 +43,9 @@ Reconnecting
 ``async for conn in connect(...)`` yields a registered connection, and a new one each time the
 previous one is lost, after an exponential backoff with jitter; each reconnection registers
 the same nickname and rejoins the same rooms. The loop ends after :meth:`Connection.quit`.
+The backoff starts again from its shortest delay only once a connection has stayed up for
+``stable_after`` seconds (default 10): a server that accepts and then drops us at once gets
+ever longer waits, not a reconnection loop.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ from chat.commands import (
     TopicCommand,
     WhoCommand,
     encode_command,
+    spec_of,
 )
 from chat.errors import ConnectionLost, ErrorCode, NickUnavailable, ServerError
 from chat.protocol import (
@@ -105,6 +114,10 @@ __all__ = [
 
 DEFAULT_PORT: Final = 9000
 MAX_EVENT_LINE: Final = 1024 * 1024  # a room listing can be long; anything longer is skipped
+_SKIPPED_TEXT: Final = (
+    f"An event from the server was too long (over {MAX_EVENT_LINE // (1024 * 1024)} MiB) "
+    "and was skipped."
+)
 READ_CHUNK: Final = 64 * 1024
 _NICK_CODES: Final = frozenset(
     {
@@ -118,6 +131,7 @@ _NICK_CODES: Final = frozenset(
 # until the server notices the old connection is dead: worth retrying. Others never change.
 _TRANSIENT_NICK_CODES: Final = frozenset({ErrorCode.NICK_TAKEN, ErrorCode.NICK_CONFUSABLE})
 _connection_ids = itertools.count(1)
+_clock: Callable[[], float] = time.monotonic  # how long a connection stayed up (tests replace it)
 
 
 # --- addresses and commands -----------------------------------------------------------------
@@ -189,7 +203,8 @@ class Backoff:
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
     def reset(self) -> None:
-        """Call once connected, so the next outage starts again with a short delay."""
+        """Call once a connection has proved stable, so the next outage starts again with a
+        short delay."""
         self.attempts = 0
 
 
@@ -274,6 +289,8 @@ class Connection:
         self._ids = itertools.count(1)
         self._registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._saw_json = False
+        self._skipped = 0  # event lines skipped as too long
+        self._closed_at: float | None = None  # _clock() when the connection ended
         self._lost_message = ""
         self._quitting = False
         self._closed = False
@@ -445,10 +462,20 @@ class Connection:
         ident = f"{self._id_prefix}{next(self._ids)}"
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._queries[ident] = _Query(consume, future, nick)
+        skipped = self._skipped
         try:
             await self._write(encode_command(command, ident))
             async with asyncio.timeout(self._request_timeout):
                 return await future
+        except TimeoutError:
+            if self._skipped == skipped:
+                raise
+            # The answer may have been that line; which event a skipped line was, nobody knows.
+            raise TimeoutError(
+                f"no answer to {spec_of(command).name} within {self._request_timeout:g} seconds; "
+                "meanwhile an event from the server was too long and was skipped "
+                "(perhaps the answer)"
+            ) from None
         finally:
             self._queries.pop(ident, None)  # answered, never sent, or timed out
             _mark_retrieved(future)
@@ -489,12 +516,20 @@ class Connection:
                     if line is FrameError.NO_NEWLINE:
                         problem = "the server sent a line without an end"
                         return
-                    if isinstance(line, bytes):
+                    if line is FrameError.OVERLONG:
+                        await self._skip_line()
+                    elif isinstance(line, bytes):
                         await self._handle_line(line)
         except OSError as exc:
             problem = _describe_os_error(exc)
         finally:
             self._finish(problem)
+
+    async def _skip_line(self) -> None:
+        """A line over MAX_EVENT_LINE went by, discarded unread: keep going, and say so."""
+        self._skipped += 1
+        if self._registered.done():  # before the welcome, nothing is yielded anyway
+            await self._deliver(Error(code=ErrorCode.LINE_TOO_LONG, text=_SKIPPED_TEXT))
 
     async def _handle_line(self, line: bytes) -> None:
         if not line.startswith(b"{"):
@@ -561,6 +596,7 @@ class Connection:
         if self._closed:
             return
         self._closed = True
+        self._closed_at = _clock()
         if problem and not self.close_reason:
             message = f"{self.address}: connection lost: {problem}"
         elif not self._saw_json and not self.close_reason:
@@ -632,8 +668,10 @@ class Connect:
     trust store; ``ca_file`` adds a CA (and implies TLS); an ``ssl.SSLContext`` is used as
     given. ``rate``/``burst`` pace our output below the server's flood limit (``rate=0``: no
     pacing). ``max_queue`` events may wait for the iterator before reading stops.
-    ``on_retry(attempt, delay, why)`` is called before each wait between attempts. A
-    malformed address raises ValueError at once.
+    ``on_retry(attempt, delay, why)`` is called before each wait between attempts. The
+    ``backoff`` starts again from its shortest delay only after a connection has stayed up
+    ``stable_after`` seconds, so a server that accepts and drops us at once gets ever longer
+    waits rather than a reconnection loop. A malformed address raises ValueError at once.
     """
 
     def __init__(
@@ -652,6 +690,7 @@ class Connect:
         backoff: Backoff | None = None,
         retry_initial: bool = False,
         on_retry: RetryCallback | None = None,
+        stable_after: float = 10.0,
     ) -> None:
         self.host, self.port = parse_address(address)
         self.address = (
@@ -670,6 +709,8 @@ class Connect:
         self.retry_initial = retry_initial
         #: Called before each wait between attempts: ``(attempt, delay, why)``. A UI shows it.
         self.on_retry = on_retry
+        #: Seconds a connection must stay up before the backoff starts again from the start.
+        self.stable_after = stable_after
         self._connection: Connection | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -758,7 +799,7 @@ class Connect:
                 await self._pause(exc)
                 continue
             connected = True
-            self.backoff.reset()
+            opened = _clock()
             try:
                 yield conn
             except GeneratorExit:
@@ -768,6 +809,11 @@ class Connect:
                 await conn.close()
             elif not conn.lost:
                 return
+            # Only a connection that lasted resets the backoff: one dropped at once (a server
+            # that accepts and closes, a line that kills it each time) must not retry in a loop.
+            closed_at = conn._closed_at if conn._closed_at is not None else _clock()
+            if closed_at - opened >= self.stable_after:
+                self.backoff.reset()
             nick = conn.nickname
             rooms = [r for r in conn.joined if room_key(r) != LOBBY]
             leave_lobby = LOBBY not in {room_key(r) for r in conn.joined}

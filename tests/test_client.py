@@ -51,7 +51,11 @@ from chat.server import ChatServer
 from tests.harness import WAIT, JsonClient, StartServer, eventually
 
 E = TypeVar("E", bound=Event)
-FAST = Backoff(initial=0.01, maximum=0.05)
+
+
+def fast() -> Backoff:
+    """A backoff of its own for each test: its attempts carry over between connections."""
+    return Backoff(initial=0.01, maximum=0.05)
 
 
 def address(server: ChatServer) -> str:
@@ -497,6 +501,62 @@ async def test_silent_server_times_out_registration(fakes: list[asyncio.Server])
         await connect(f"127.0.0.1:{port_of(fakes[0])}", nick="alice", open_timeout=0.2)
 
 
+BIG: int = 2 * 1024 * 1024  # twice the client's limit on an event line
+
+
+def json_line(**fields: Any) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+async def test_an_overlong_line_is_skipped_with_a_warning(fakes: list[asyncio.Server]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await welcome(reader, writer)
+        writer.write(json_line(type="message", room="#lobby", nick="bob", text="x" * BIG))
+        writer.write(json_line(type="message", room="#lobby", nick="bob", text="after"))
+        ping = json.loads(await reader.readline())
+        writer.write(json_line(type="pong", re=ping["id"]))
+        assert json.loads(await reader.readline())["type"] == "quit"
+        writer.write(json_line(type="bye", code="quit", text="Goodbye."))
+
+    fakes.append(await fake_server(handler))
+    async with connect(f"127.0.0.1:{port_of(fakes[0])}", nick="alice") as conn:
+        events = []
+        async with asyncio.timeout(WAIT):
+            async for event in conn:
+                events.append(event)
+                if isinstance(event, Message):
+                    break
+        assert [type(e) for e in events] == [Welcome, Error, Message]
+        warning, after = events[1], events[2]
+        assert isinstance(warning, Error)
+        assert (warning.code, warning.command, warning.re) == ("line_too_long", None, None)
+        assert warning.text == "An event from the server was too long (over 1 MiB) and was skipped."
+        assert after.text == "after"
+        assert await conn.ping() >= 0  # still connected
+        assert not conn.closed
+    assert not conn.lost
+
+
+async def test_a_query_whose_answer_was_skipped_times_out_saying_so(
+    fakes: list[asyncio.Server],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await welcome(reader, writer)
+        request = json.loads(await reader.readline())
+        room = {"room": "#big", "members": 1, "topic": "x" * BIG}
+        writer.write(json_line(type="rooms", re=request["id"], total=1, rooms=[room]))
+        await reader.read()
+
+    fakes.append(await fake_server(handler))
+    conn = await connect(f"127.0.0.1:{port_of(fakes[0])}", nick="alice", request_timeout=0.5)
+    with pytest.raises(TimeoutError, match="too long and was skipped"):
+        await conn.rooms()
+    assert not conn.closed
+    assert isinstance(await next_event(conn, Error), Error)  # the warning, in the stream
+    conn.close_timeout = 0.2
+    await conn.close()
+
+
 # --- reconnecting --------------------------------------------------------------------------------
 
 
@@ -510,7 +570,7 @@ async def test_reconnects_after_a_restart_with_the_same_nick_and_rooms(
         connect(
             f"127.0.0.1:{port}",
             nick="alice",
-            backoff=FAST,
+            backoff=fast(),
             on_retry=lambda *why: retries.append(why),
         )
     )
@@ -547,7 +607,7 @@ async def test_reconnect_loop_raises_if_the_first_attempt_fails(start_server: St
     server = await start_server()
     port = server.port
     await server.close()
-    connections = aiter(connect(f"127.0.0.1:{port}", nick="alice", backoff=FAST))
+    connections = aiter(connect(f"127.0.0.1:{port}", nick="alice", backoff=fast()))
     with pytest.raises(ConnectionLost):
         await anext(connections)
 
@@ -562,7 +622,7 @@ async def test_retry_initial_waits_for_the_server(
     connections = connect(
         f"127.0.0.1:{port}",
         nick="alice",
-        backoff=FAST,
+        backoff=fast(),
         retry_initial=True,
         on_retry=lambda *_: retried.set(),
     )
@@ -576,8 +636,91 @@ async def test_retry_initial_waits_for_the_server(
     await conn.quit()
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The library's clock for how long a connection stayed up; ``clock[0] += s`` moves it."""
+    now = [1000.0]
+    monkeypatch.setattr("chat.client._clock", lambda: now[0])
+    return now
+
+
+def dropping_server(stay_up: list[asyncio.Event | None]) -> Callable[..., Awaitable[None]]:
+    """Welcome, then close at once; the n-th connection waits for ``stay_up[n]`` if set."""
+    connections = iter(stay_up)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hold = next(connections, None)
+        await welcome(reader, writer)
+        if hold is not None:
+            await hold.wait()
+
+    return handler
+
+
+async def test_backoff_keeps_growing_while_connections_drop_at_once(
+    fakes: list[asyncio.Server], clock: list[float]
+) -> None:
+    fakes.append(await fake_server(dropping_server([])))
+    backoff = Backoff(initial=0.001, maximum=1.0, rng=random.Random(3))
+    retries: list[tuple[int, float, Exception]] = []
+    connections = aiter(
+        connect(
+            f"127.0.0.1:{port_of(fakes[0])}",
+            nick="alice",
+            backoff=backoff,
+            on_retry=lambda *why: retries.append(why),
+        )
+    )
+    for _ in range(5):
+        async with asyncio.timeout(WAIT):
+            conn = await anext(connections)
+        await drain(conn)
+        assert conn.lost
+    assert [attempt for attempt, _, _ in retries] == [1, 2, 3, 4]  # never back to the start
+    delays = [delay for _, delay, _ in retries]
+    assert delays == sorted(delays)
+    assert delays[-1] > 0.004  # the fourth ceiling is 0.008, drawn from its upper half
+    assert backoff.attempts == 4
+    await connections.aclose()
+
+
+async def test_a_connection_that_stayed_up_resets_the_backoff(
+    fakes: list[asyncio.Server], clock: list[float]
+) -> None:
+    hold = asyncio.Event()
+    fakes.append(await fake_server(dropping_server([None, None, hold])))
+    backoff = Backoff(initial=0.001, maximum=1.0)
+    retries: list[int] = []
+    connections = aiter(
+        connect(
+            f"127.0.0.1:{port_of(fakes[0])}",
+            nick="alice",
+            backoff=backoff,
+            stable_after=10.0,
+            on_retry=lambda attempt, *_: retries.append(attempt),
+        )
+    )
+    for _ in range(2):  # two connections dropped at once
+        async with asyncio.timeout(WAIT):
+            await drain(await anext(connections))
+    async with asyncio.timeout(WAIT):
+        third = await anext(connections)
+    assert backoff.attempts == 2
+    clock[0] += 9.0
+    assert not third.closed
+    clock[0] += 1.0  # up for stable_after seconds: a connection that worked
+    hold.set()
+    await drain(third)
+    async with asyncio.timeout(WAIT):
+        fourth = await anext(connections)
+    assert retries == [1, 2, 1]  # after the third, the backoff started again from the start
+    assert backoff.attempts == 1
+    await fourth.quit()
+    await connections.aclose()
+
+
 async def test_breaking_out_of_the_loop_closes_the_connection(server: ChatServer) -> None:
-    async for conn in connect(address(server), nick="alice", backoff=FAST):
+    async for conn in connect(address(server), nick="alice", backoff=fast()):
         kept = conn
         break
     await eventually(lambda: kept.closed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import PipeInput, create_pipe_input
@@ -461,3 +462,67 @@ def test_room_view_dedup_memory_is_bounded() -> None:
         assert view.first_sight(str(i))
     assert not view.first_sight("99")
     assert view.first_sight("0")  # long forgotten
+
+
+def test_a_pane_with_fewer_lines_than_rows_shows_them_all() -> None:
+    """Issue 12: a 27-row pane holding 20 lines showed only 7 of them."""
+    state = ChatState("alice")
+    state.apply(Join(room="#lobby", nick="alice"))
+    for i in range(19):
+        state.apply(Message(room="#lobby", nick="bob", text=f"line {i}"))
+    rows = [plain_text(r) for r in MessagePane(state).rows(80, 27)]
+    assert len(rows) == 27
+    assert rows[:7] == [""] * 7  # blank rows above, the lines at the bottom
+    assert rows[7].endswith("--> alice joined #lobby")
+    assert [r.split(" ", 1)[1] for r in rows[8:]] == [f"<bob> line {i}" for i in range(19)]
+
+
+class ResizableOutput(DummyOutput):
+    """DummyOutput whose size the test sets, as a terminal window being resized."""
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.size = Size(rows=rows, columns=columns)
+
+    def get_size(self) -> Size:
+        return self.size
+
+
+def drawn(ui: ChatUI) -> list[str]:
+    """The rows of the screen prompt_toolkit drew last, as text."""
+    screen = ui.app.renderer._last_screen  # what is on the terminal
+    assert screen is not None
+    size = ui.app.output.get_size()
+    return [
+        "".join(screen.data_buffer[y][x].char for x in range(size.columns)).rstrip()
+        for y in range(size.rows)
+    ]
+
+
+async def test_the_pane_fills_again_after_the_window_grows(server: ChatServer) -> None:
+    """Issue 12: after 70x20 -> 120x30 the pane showed its last two lines under blank rows."""
+    output = ResizableOutput(rows=20, columns=70)
+    conn = await connect(address(server), nick="alice")
+    with create_pipe_input() as keys, create_app_session(input=keys, output=output):
+        ui = ChatUI(conn)
+        task = asyncio.create_task(ui.run())
+        try:
+            await eventually(
+                lambda: ui.app.is_running and "1 in #lobby" in plain_text(ui.state.view.lines[-1])
+            )
+            view = ui.state.view
+            # 25 lines, that wrap in two rows at 70 columns and fit in one at 120.
+            last = 25 - len(view.lines)
+            for i in range(last):
+                ui.state.note(f"note {i} " + "x" * 70)
+            ui.app.invalidate()
+            await eventually(lambda: any(f"note {last - 1}" in row for row in drawn(ui)))
+            output.size = Size(rows=30, columns=120)
+            ui.app._on_resize()  # what SIGWINCH calls
+            await eventually(lambda: len(drawn(ui)) == 30 and f"note {last - 1}" in drawn(ui)[-3])
+            pane = drawn(ui)[1:-2]  # under the top bar, above the status bar and input line
+            assert [row for row in pane if "note" in row] == pane[-last:]
+            assert len(pane[-last:]) == last
+        finally:
+            ui.exit()
+            async with asyncio.timeout(WAIT):
+                await task

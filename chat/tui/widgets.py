@@ -151,7 +151,7 @@ class MessagePane(UIControl):
                 rows += wrap(view.lines[below], width)
                 below += 1
             rows = rows[:height]
-        rows = rows[len(rows) - height :] if height > 0 else []
+        rows = rows[max(0, len(rows) - height) :] if height > 0 else []
         return [[] for _ in range(height - len(rows))] + rows
 
     def create_content(self, width: int, height: int) -> UIContent:

@@ -526,3 +526,24 @@ async def test_the_pane_fills_again_after_the_window_grows(server: ChatServer) -
             ui.exit()
             async with asyncio.timeout(WAIT):
                 await task
+
+
+async def test_a_query_is_answered_in_the_pane_it_was_typed_in(start_server: StartServer) -> None:
+    """Issue 12: /who #lobby typed in #dev answered, unnoticed, in #lobby's pane."""
+    server = await start_server(max_per_ip=0, rate=0)
+    async with terminal(await connect(address(server), nick="alice", rate=0)) as term:
+        state = term.ui.state
+        await eventually(lambda: state.room == "#lobby")
+        term.type("/topic the lobby\r")
+        await eventually(lambda: state.views["#lobby"].topic == "the lobby")
+        term.type("/join #dev\r")
+        await eventually(lambda: state.room == "#dev")
+        lobby_lines = len(state.views["#lobby"].lines)
+        term.type("/who #lobby\r")
+        await term.shows("--- 1 in #lobby: alice")
+        term.type("/topic #lobby\r")
+        await term.shows("--- Topic of #lobby: the lobby")
+        term.type("/who #nosuchroom\r")
+        await term.shows("!!! ")
+        assert len(state.views["#lobby"].lines) == lobby_lines  # nothing landed there
+        assert state.room == "#dev"

@@ -129,6 +129,7 @@ class ChatUI:
             state.error(f"Not sent (not connected): {text}")
             return
         room = state.room
+        asked_in = state.view  # answers and refusals go to the pane the line was typed in
         mine: tuple[str, str, str] | None = None
         match command:
             case SayCommand(text=said, room=where):
@@ -146,12 +147,12 @@ class ChatUI:
         except ConnectionLost:
             if mine is not None:
                 state.confirm(*mine)
-            state.error(f"Not sent (connection lost): {text}")
+            state.error(f"Not sent (connection lost): {text}", state.still_open(asked_in))
         except (ServerError, NickUnavailable, TimeoutError) as exc:
-            state.error(describe(exc))
+            state.error(describe(exc), state.still_open(asked_in))
         else:
             if shown is not None:
-                state.apply(shown)
+                state.answer(shown, asked_in)
 
     def exit(self, reason: str = "") -> None:
         """Leave: the connection is quit with ``reason`` after the UI has closed."""

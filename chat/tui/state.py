@@ -129,12 +129,29 @@ class ChatState:
             if unread and target is not self.view:
                 target.unread += 1
 
-    def note(self, text: str, style: str = "class:system") -> None:
-        """A line from the client itself, in the pane on screen."""
-        self.view.add([("class:time", stamp(time.time())), (style, text)])
+    def note(self, text: str, style: str = "class:system", view: RoomView | None = None) -> None:
+        """A line from the client itself, in ``view`` or else the pane on screen."""
+        (view or self.view).add([("class:time", stamp(time.time())), (style, text)])
 
-    def error(self, text: str) -> None:
-        self.note(f"!!! {text}", "class:error")
+    def error(self, text: str, view: RoomView | None = None) -> None:
+        self.note(f"!!! {text}", "class:error", view)
+
+    def still_open(self, view: RoomView) -> RoomView:
+        """``view`` if it is still a pane, else the pane on screen (it was left meanwhile)."""
+        return view if view is self.nowhere or view in self.views.values() else self.view
+
+    def answer(self, event: Event, asked_in: RoomView) -> None:
+        """The answer to a query (who, topic, rooms, ping) typed in the pane ``asked_in``:
+        keep what it says, and show it where it was asked, not in the room it is about."""
+        view = self.views.get(room_key(event.room)) if event.room else None
+        match event:
+            case Who() if view is not None:
+                view.members = {nick_key(m): m for m in event.members}
+            case Topic() if view is not None:
+                view.topic = clean(event.text)
+            case RoomList():
+                self.known_rooms.update((room_key(i.room), i.room) for i in event.rooms)
+        self.show(event, self.still_open(asked_in))
 
     # --- switching -------------------------------------------------------------------------
 

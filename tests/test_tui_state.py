@@ -262,3 +262,20 @@ def test_a_refusal_settles_the_line_of_the_command_it_names() -> None:
 def test_the_link_starts_connected() -> None:
     link = Link("localhost:9000")
     assert (link.status, link.attempt, link.why) == ("connected", 0, "")
+
+
+def test_a_rejoin_forgets_the_topic_and_members_it_no_longer_knows() -> None:
+    """Issue 12: after a reconnection the topic bar kept a topic cleared meanwhile."""
+    state = two_rooms()
+    state.apply(Topic(room="#dev", nick="dave", text="old topic"))
+    state.apply(Topic(room="#lobby", nick="bob", text="lobby topic"))
+    # Reconnected: the server rejoins us; #dev's topic was cleared, #lobby's changed.
+    state.apply(Join(room="#dev", nick="alice"))
+    state.apply(Who(room="#dev", members=("alice",)))
+    state.apply(Join(room="#lobby", nick="alice"))
+    state.apply(Topic(room="#lobby", text="new topic"))
+    state.apply(Who(room="#lobby", members=("alice", "bob")))
+    assert state.views["#dev"].topic == ""
+    assert state.views["#dev"].sorted_members() == ["alice"]
+    assert state.views["#lobby"].topic == "new topic"
+    assert state.views["#lobby"].sorted_members() == ["alice", "bob"]

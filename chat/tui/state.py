@@ -241,6 +241,10 @@ class ChatState:
                 key = room_key(room)
                 if own:
                     view = self.views.setdefault(key, view or RoomView(room, self.scrollback))
+                    # Joined again (after a reconnection): what we knew may be stale. The
+                    # server follows a join with the topic, if there is one, and who is in.
+                    view.topic = ""
+                    view.members.clear()
                     self.known_rooms[key] = room
                     if key in self.switch_to or not self.active:
                         self.switch_to.discard(key)

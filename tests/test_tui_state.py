@@ -279,3 +279,34 @@ def test_a_rejoin_forgets_the_topic_and_members_it_no_longer_knows() -> None:
     assert state.views["#dev"].sorted_members() == ["alice"]
     assert state.views["#lobby"].topic == "new topic"
     assert state.views["#lobby"].sorted_members() == ["alice", "bob"]
+
+
+def test_history_replayed_on_join_comes_first_under_a_divider() -> None:
+    """Issue 12: replayed history came after the join and member lines, times ran backwards.
+    The server sends join, topic, who, then the history."""
+    state = two_rooms()
+    state.switch_to.add("#ops")
+    for event in (
+        Join(room="#ops", nick="alice"),
+        Topic(room="#ops", text="deploys"),
+        Who(room="#ops", members=("alice", "erin")),
+        Message(room="#ops", nick="erin", text="old one", history=True),
+        Message(room="#ops", nick="erin", text="old two", history=True),
+        Message(room="#ops", nick="erin", text="live"),
+    ):
+        state.apply(event)
+    lines = state.views["#ops"].lines
+    shown = [text.split(" ", 1)[-1] for text in texts(state.views["#ops"])]
+    assert shown == [
+        "Earlier in #ops:",
+        "<erin> old one",
+        "<erin> old two",
+        "--> alice joined #ops",
+        "--- Topic of #ops: deploys",
+        "--- 2 in #ops: alice, erin",
+        "<erin> live",
+    ]
+    assert all("class:history" in " ".join(style for style, _ in line) for line in lines[:3])
+    assert not any("class:history" in style for style, _ in lines[-1])
+    state.apply(Message(room="#ops", nick="erin", text="late replay", history=True))
+    assert texts(state.views["#ops"])[-1].endswith("<erin> late replay")  # no reordering now

@@ -69,15 +69,43 @@ class RoomView:
         self.topic = ""
         self.unread = 0
         self.scroll = 0  # lines scrolled back from the newest; 0 follows new lines
+        # Where history replayed after our join goes: before the join's own lines, so that
+        # times run forwards. None once live chat has started.
+        self.replay_at: int | None = None
+        self._divided = False  # the divider above the replayed lines is there
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
 
     def add(self, line: Line) -> None:
         self.lines.append(line)
-        if len(self.lines) > self.scrollback:
-            del self.lines[0]
+        self._trim()
         if self.scroll:  # keep what the reader is looking at still
             self.scroll = min(self.scroll + 1, len(self.lines) - 1)
+
+    def joined(self) -> None:
+        """We (re)joined: the history the server replays next goes above the join."""
+        self.replay_at = len(self.lines)
+        self._divided = False
+
+    def replay(self, line: Line) -> None:
+        """A line of replayed history: above our join, under a divider, or else at the end."""
+        if self.replay_at is None:
+            self.add(line)
+            return
+        if not self._divided:
+            self._divided = True
+            divider = [("class:history", f"--- Earlier in {self.name}:")]
+            self.lines.insert(self.replay_at, divider)
+            self.replay_at += 1
+        self.lines.insert(self.replay_at, line)
+        self.replay_at += 1
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self.lines) > self.scrollback:
+            del self.lines[0]
+            if self.replay_at is not None:
+                self.replay_at = max(0, self.replay_at - 1)
 
     def first_sight(self, event_id: str) -> bool:
         """False for a message already shown (history replayed after a reconnection)."""
@@ -125,7 +153,10 @@ class ChatState:
     def show(self, event: Event, view: RoomView | None = None, *, unread: bool = False) -> None:
         target = view or self.view
         for line in format_event(event, self.nick):
-            target.add(line)
+            if getattr(event, "history", False):
+                target.replay(line)
+            else:
+                target.add(line)
             if unread and target is not self.view:
                 target.unread += 1
 
@@ -229,6 +260,8 @@ class ChatState:
                 target = view or self.view
                 if not target.first_sight(event.id):
                     return
+                if not event.history:
+                    target.replay_at = None  # live chat: the replay is over
                 if own and not event.history:
                     kind = "say" if isinstance(event, Message) else "me"
                     self.confirm(kind, room_key(event.room or ""), event.text)
@@ -245,6 +278,7 @@ class ChatState:
                     # server follows a join with the topic, if there is one, and who is in.
                     view.topic = ""
                     view.members.clear()
+                    view.joined()
                     self.known_rooms[key] = room
                     if key in self.switch_to or not self.active:
                         self.switch_to.discard(key)

@@ -38,7 +38,7 @@ from chat.server import ChatServer, ServerConfig
 from chat.tui.app import ChatUI
 from chat.tui.cli import history_path
 from chat.tui.format import format_event, nick_style, plain_text
-from chat.tui.state import ChatState, RoomView
+from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
 from tests.harness import WAIT, JsonClient, StartServer
 
@@ -547,3 +547,38 @@ async def test_a_query_is_answered_in_the_pane_it_was_typed_in(start_server: Sta
         await term.shows("!!! ")
         assert len(state.views["#lobby"].lines) == lobby_lines  # nothing landed there
         assert state.room == "#dev"
+
+
+def test_the_status_bar_keeps_the_rooms_when_narrow() -> None:
+    """Issue 12: at 80 columns while reconnecting (50 connected) the rooms were cut off."""
+    state = make_state()
+    state.apply(Join(room="#release-engineering", nick="alice"))
+    for _ in range(3):
+        state.apply(Message(room="#dev", nick="dave", text="hi"))
+    link = Link("chat.example.com:9000", status="reconnecting", retry_at=time.monotonic() + 9)
+    link.attempt, link.why = 3, "Connection refused"
+    wide = plain_text(status_bar(state, link))
+    assert "Connection refused" in wide
+    assert "3:#release-engineering" in wide
+    for width, link.status in ((80, "reconnecting"), (50, "connected"), (40, "reconnecting")):
+        bar = plain_text(status_bar(state, link, width))
+        assert len(bar) <= width, bar
+        assert "1:#lobby" in bar  # the room on screen keeps its name
+        assert "2:#dev(3)" in bar or " 2(3)" in bar  # unread counts stay
+        assert " 3" in bar
+
+
+async def test_the_status_bar_is_drawn_to_fit(server: ChatServer) -> None:
+    output = ResizableOutput(rows=20, columns=50)
+    conn = await connect(address(server), nick="alice", rooms=("#dev", "#release-engineering"))
+    with create_pipe_input() as keys, create_app_session(input=keys, output=output):
+        ui = ChatUI(conn)
+        task = asyncio.create_task(ui.run())
+        try:
+            await eventually(lambda: ui.app.is_running and len(ui.state.views) == 3)
+            ui.app.invalidate()
+            await eventually(lambda: " 3" in drawn(ui)[-2] and "1:#lobby" in drawn(ui)[-2])
+        finally:
+            ui.exit()
+            async with asyncio.timeout(WAIT):
+                await task

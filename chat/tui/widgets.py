@@ -229,32 +229,57 @@ def member_list(state: ChatState) -> StyleAndTextTuples:
     return out
 
 
-def status_bar(state: ChatState, link: Link) -> StyleAndTextTuples:
+def status_bar(state: ChatState, link: Link, width: int | None = None) -> StyleAndTextTuples:
     """The link (with the countdown to the next attempt while reconnecting), who and where
     you are, the rooms numbered for Alt-N with their unread counts, and "more below" while
-    scrolled back."""
-    out: StyleAndTextTuples = [("", " ")]
+    scrolled back.
+
+    In ``width`` columns, what matters least goes first: why the last attempt failed, the
+    address, the nickname, then the words; the rooms and unread counts stay, shortened to
+    their numbers (the one on screen keeps its name) if need be."""
+    for link_part, who, rooms in (
+        (_link(link, short=False, why=True), f" {state.nick}@{link.address} ", False),
+        (_link(link, short=False, why=False), f" {state.nick}@{link.address} ", False),
+        (_link(link, short=False, why=False), f" {state.nick} ", False),
+        (_link(link, short=False, why=False), " ", False),
+        (_link(link, short=True, why=False), " ", False),
+        (_link(link, short=True, why=False), " ", True),
+    ):
+        out: StyleAndTextTuples = [("", " "), link_part, ("", who), *_rooms(state, short=rooms)]
+        if state.view.scroll:
+            more = " more " if rooms else " more below: PgDn "
+            out += [("", " "), ("class:status.more", more)]
+        if width is None or sum(get_cwidth(fragment[1]) for fragment in out) <= width:
+            break
+    return out
+
+
+def _link(link: Link, *, short: bool, why: bool) -> tuple[str, str]:
     if link.status == "connected":
-        out.append(("class:status.up", "connected"))
-    elif link.status == "reconnecting":
+        return ("class:status.up", "up" if short else "connected")
+    if link.status == "reconnecting":
         wait = link.retry_at - time.monotonic()
         when = f"in {wait:.0f}s" if wait >= 0.5 else "now"
-        why = f": {link.why}" if link.why else ""
-        text = f" reconnecting {when} (attempt {link.attempt}{why}) "
-        out.append(("class:status.down", text))
-    else:
-        out.append(("class:status.down", f" {link.status} "))
-    out.append(("", f" {state.nick}@{link.address} "))
+        if short:
+            return ("class:status.down", f" retry {when} ")
+        because = f": {link.why}" if why and link.why else ""
+        return ("class:status.down", f" reconnecting {when} (attempt {link.attempt}{because}) ")
+    return ("class:status.down", f" {link.status} ")
+
+
+def _rooms(state: ChatState, *, short: bool) -> StyleAndTextTuples:
+    """The rooms, numbered for Alt-N, with unread counts; ``short``: numbers only but for
+    the room on screen."""
+    out: StyleAndTextTuples = []
     for number, (key, view) in enumerate(state.views.items(), 1):
         label = f"{number}:{view.name}"
         if key == state.active:
             out += [("", " "), ("class:status.active", label)]
         elif view.unread:
-            out += [("", " "), ("class:status.unread", f"{label}({view.unread})")]
+            count = f"{number}({view.unread})" if short else f"{label}({view.unread})"
+            out += [("", " "), ("class:status.unread", count)]
         else:
-            out.append(("", f" {label}"))
-    if state.view.scroll:
-        out += [("", " "), ("class:status.more", " more below: PgDn ")]
+            out.append(("", f" {number}" if short else f" {label}"))
     return out
 
 
@@ -305,7 +330,9 @@ def build_layout(
                 ]
             ),
             Window(
-                FormattedTextControl(partial(status_bar, state, link)),
+                FormattedTextControl(
+                    lambda: status_bar(state, link, get_app().output.get_size().columns)
+                ),
                 height=1,
                 style="class:status",
             ),

@@ -17,6 +17,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.utils import get_cwidth
 
 from chat.client import Backoff, Connection, connect
 from chat.protocol import (
@@ -582,3 +583,22 @@ async def test_the_status_bar_is_drawn_to_fit(server: ChatServer) -> None:
             ui.exit()
             async with asyncio.timeout(WAIT):
                 await task
+
+
+def test_zero_width_characters_are_not_drawn() -> None:
+    """Issue 12: U+200B, U+FEFF and ZWJ emoji sequences left stale characters on screen,
+    because the terminal and prompt_toolkit counted their cells differently."""
+    text = "a\u200bb\ufeffc \U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f \u2060d"
+    state = ChatState("alice")
+    state.apply(Join(room="#lobby", nick="alice"))
+    state.apply(Message(room="#lobby", nick="bob", text=text))
+    state.apply(Topic(room="#lobby", nick="bob", text=text))
+    expected = "abc \U0001f468\U0001f469\U0001f467 \u2764 d"
+    for line in (*state.view.lines[-2:], top_bar(state)):
+        drawn_text = plain_text(line)
+        assert drawn_text.endswith(expected), repr(drawn_text)
+        assert all(get_cwidth(char) > 0 for char in drawn_text), repr(drawn_text)
+    rows = wrap(state.view.lines[-2], 12)
+    assert all(sum(get_cwidth(f[1]) for f in row) <= 12 for row in rows)
+    joined = "".join(plain_text(row) for row in rows).replace(" ", "")
+    assert joined.endswith(expected.replace(" ", ""))

@@ -8,6 +8,7 @@ text: never ``ANSI(...)`` or ``HTML(...)``, so no peer can reach the terminal.
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Iterable
@@ -51,9 +52,24 @@ NICK_COLOURS: Final = (
 )  # no red: red means an error
 
 
+# Characters that take no cell of their own but change how a terminal draws their
+# neighbours: zero-width spaces and joiners (emoji ZWJ sequences), the byte order mark,
+# invisible marks and operators, variation selectors and tags. prompt_toolkit counts cells
+# character by character, and the terminal would draw a joined emoji or an emoji-style
+# variant in fewer or more cells than counted, leaving stale characters on the screen.
+_ZERO_WIDTH_RE: Final = re.compile(
+    "[\u00ad\u034f\u061c\u180b-\u180f\u200b-\u200f\u2060-\u206f"
+    "\ufe00-\ufe0f\ufeff\U000e0000-\U000e0fff]"
+)
+
+
 def clean(text: str | None) -> str:
-    """Peer text made safe to draw: no control characters, tabs as spaces."""
-    return sanitize(text or "").replace("\t", "    ")
+    """Peer text made safe to draw: no control characters, no zero-width characters that
+    would put the screen out of step with prompt_toolkit's idea of it, tabs as spaces."""
+    text = sanitize(text or "")
+    if not text.isascii():
+        text = _ZERO_WIDTH_RE.sub("", text)
+    return text.replace("\t", "    ")
 
 
 def nick_style(nick: str) -> str:

@@ -310,3 +310,14 @@ def test_history_replayed_on_join_comes_first_under_a_divider() -> None:
     assert not any("class:history" in style for style, _ in lines[-1])
     state.apply(Message(room="#ops", nick="erin", text="late replay", history=True))
     assert texts(state.views["#ops"])[-1].endswith("<erin> late replay")  # no reordering now
+
+
+def test_your_own_rename_shows_when_you_are_in_no_room() -> None:
+    state = ChatState("alice")
+    state.apply(Welcome(nick="alice", text="Welcome, alice!"))
+    state.apply(Nick(nick="alice", new_nick="alicia"))
+    assert state.nick == "alicia"
+    assert texts(state.nowhere)[-1].endswith("--- alice is now known as alicia")
+    rooms = two_rooms()
+    rooms.apply(Nick(nick="alice", new_nick="alicia"))  # in rooms: shown there, once
+    assert sum("now known as" in line for line in texts(rooms.views["#lobby"])) == 1

@@ -303,7 +303,7 @@ class ChatState:
             case Nick(nick=str(nick), new_nick=new):
                 if own:
                     self.nick = new
-                shown = own
+                shown = False  # on screen already, in a room where the nick was
                 for each in self.views.values():
                     if each.members.pop(nick_key(nick), None) is not None:
                         each.members[nick_key(new)] = new

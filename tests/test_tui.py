@@ -37,7 +37,7 @@ from chat.protocol import (
 )
 from chat.server import ChatServer, ServerConfig
 from chat.tui.app import ChatUI
-from chat.tui.cli import history_path
+from chat.tui.cli import build_parser, history_path
 from chat.tui.format import format_event, nick_style, plain_text
 from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
@@ -567,6 +567,43 @@ def test_the_status_bar_keeps_the_rooms_when_narrow() -> None:
         assert "1:#lobby" in bar  # the room on screen keeps its name
         assert "2:#dev(3)" in bar or " 2(3)" in bar  # unread counts stay
         assert " 3" in bar
+
+
+def test_the_status_bar_marks_panes_with_mentions() -> None:
+    state = make_state()
+    state.apply(Message(room="#dev", nick="dave", text="hi"))
+    assert "2:#dev(1)" in plain_text(status_bar(state, Link("x:1")))
+    state.apply(Message(room="#dev", nick="dave", text="Alice?"))
+    bar = status_bar(state, Link("x:1"))
+    assert ("class:status.mention", "2:#dev(2!)") in bar
+    assert " 2(2!)" in plain_text(status_bar(state, Link("x:1"), 20))
+
+
+async def test_a_mention_rings_the_bell_once(server: ChatServer) -> None:
+    rings: list[str] = []
+    bob = await JsonClient.connect(server.port, nick="bob")
+    conn = await connect(address(server), nick="alice")
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        ui = ChatUI(conn, highlights=["release"], bell=lambda: rings.append("ding"))
+        term = Terminal(ui, keys, asyncio.create_task(ui.run()))
+        await eventually(lambda: "bob" in ui.state.view.members.values())
+        await bob.send({"type": "say", "text": "no one"})
+        await bob.send({"type": "say", "text": "the Release is out"})
+        await term.shows("<bob> the Release is out")
+        assert rings == ["ding"]
+        term.type("alice talks to herself\r")
+        await term.shows("<alice> alice talks to herself")
+        await bob.send({"type": "msg", "nick": "alice", "text": "psst"})
+        await term.shows("[msg] <bob> psst")
+        assert rings == ["ding", "ding"]
+        ui.exit()
+        assert await term.exited() == 0
+    await bob.close()
+
+
+def test_highlight_is_a_repeatable_option() -> None:
+    args = build_parser().parse_args(["x:1", "--highlight", "deploy", "--highlight", "ops"])
+    assert args.highlight == ["deploy", "ops"]
 
 
 async def test_the_status_bar_is_drawn_to_fit(server: ChatServer) -> None:

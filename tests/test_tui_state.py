@@ -321,3 +321,55 @@ def test_your_own_rename_shows_when_you_are_in_no_room() -> None:
     rooms = two_rooms()
     rooms.apply(Nick(nick="alice", new_nick="alicia"))  # in rooms: shown there, once
     assert sum("now known as" in line for line in texts(rooms.views["#lobby"])) == 1
+
+
+# --- mentions ---------------------------------------------------------------------------------
+
+
+def test_a_mention_is_a_whole_word_in_any_case_or_a_highlight_word() -> None:
+    state = ChatState("alice", highlights=["deploy", " "])
+    assert state.mentions("hi Alice!")
+    assert state.mentions("ALICE: are you there")
+    assert state.mentions("the deploy is done")
+    assert not state.mentions("malice aforethought")
+    assert not state.mentions("alice_b and xalice")
+    assert not state.mentions("deployment")
+    assert not state.mentions("nothing here")
+
+
+def test_mentions_are_highlighted_ring_once_and_mark_their_pane() -> None:
+    rings: list[str] = []
+    state = two_rooms()
+    state.bell = lambda: rings.append("ding")
+    dev, lobby = state.views["#dev"], state.views["#lobby"]
+    state.apply(Message(room="#dev", nick="dave", text="plain"))
+    assert (dev.unread, dev.mentions, rings) == (1, 0, [])
+    state.apply(Message(room="#dev", nick="dave", text="alice, look"))
+    assert (dev.unread, dev.mentions, rings) == (2, 1, ["ding"])
+    assert any("class:mention" in style for style, _ in dev.lines[-1][1:])
+    assert not any("class:mention" in style for line in dev.lines[:-1] for style, _ in line)
+    state.apply(Message(room="#dev", nick="dave", text="alice again", history=True))
+    assert (dev.mentions, len(rings)) == (1, 1)  # replayed history never rings
+    state.apply(Message(room="#lobby", nick="bob", text="hey alice"))  # on screen: no mark
+    assert (lobby.unread, lobby.mentions, len(rings)) == (0, 0, 2)
+    state.switch("#dev")
+    assert (dev.unread, dev.mentions) == (0, 0)
+
+
+def test_your_own_lines_never_mention_you() -> None:
+    rings: list[str] = []
+    state = two_rooms()
+    state.bell = lambda: rings.append("ding")
+    state.apply(Message(room="#dev", nick="ALICE", text="alice here"))
+    state.apply(Private(nick="alice", target="bob", text="alice says hi", echo=True))
+    assert rings == []
+    assert state.views["#dev"].mentions == 0
+
+
+def test_a_private_message_is_a_mention() -> None:
+    rings: list[str] = []
+    state = two_rooms()
+    state.bell = lambda: rings.append("ding")
+    state.apply(Private(nick="bob", target="alice", text="psst"))
+    assert rings == ["ding"]
+    assert any("class:mention" in style for style, _ in state.view.lines[-1][1:])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -44,7 +44,8 @@ class ChatUI:
     """The application: layout, keys, and the tasks that connect it to a :class:`Connection`.
 
     ``more`` yields replacement connections after a loss (``aiter(connect(...))``); without it
-    a lost connection just stays down.
+    a lost connection just stays down. ``highlights`` are words that count as mentions
+    besides your nickname; ``bell`` is rung once per mention (by default the terminal's).
     """
 
     def __init__(
@@ -53,8 +54,10 @@ class ChatUI:
         more: AsyncGenerator[Connection, None] | None = None,
         *,
         history: History | None = None,
+        highlights: Iterable[str] = (),
+        bell: Callable[[], None] | None = None,
     ) -> None:
-        self.state = ChatState(first.nickname)
+        self.state = ChatState(first.nickname, highlights=highlights, bell=bell or self._bell)
         self.link = Link(first.address)
         self.conn: Connection | None = first
         self._more = more
@@ -72,6 +75,9 @@ class ChatUI:
             full_screen=True,
             min_redraw_interval=0.02,
         )
+
+    def _bell(self) -> None:
+        self.app.output.bell()
 
     # --- input -----------------------------------------------------------------------------
 
@@ -244,17 +250,22 @@ class ChatUI:
                 await self._more.aclose()
 
 
-async def run_tui(connector: Connect, open_history: Callable[[], History] = InMemoryHistory) -> int:
+async def run_tui(
+    connector: Connect,
+    open_history: Callable[[], History] = InMemoryHistory,
+    highlights: Iterable[str] = (),
+) -> int:
     """Connect (a failure is one line on stderr), then run the UI until the user quits.
 
     ``open_history`` makes the input history once connected (the command line passes the
-    persistent one, :func:`chat.tui.cli.open_history`).
+    persistent one, :func:`chat.tui.cli.open_history`); ``highlights`` are the words, besides
+    your nickname, that count as mentions.
     """
     more = aiter(connector)
     try:
         first = await anext(more)
     except (ConnectionLost, NickUnavailable, ServerError) as exc:
         return fail(f"cannot connect: {describe(exc)}")
-    ui = ChatUI(first, more, history=open_history())
+    ui = ChatUI(first, more, history=open_history(), highlights=highlights)
     connector.on_retry = ui.on_retry
     return await ui.run()

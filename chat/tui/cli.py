@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nick", help="your nickname (default: ask, offering $USER)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
     parser.add_argument("--ca-file", metavar="PATH", help="also trust this CA (implies --tls)")
+    parser.add_argument(
+        "--highlight",
+        metavar="WORD",
+        action="append",
+        default=[],
+        help="also treat lines with this word as mentions (repeatable)",
+    )
     parser.add_argument("--version", action="version", version=f"chat-client {__version__}")
     return parser
 
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     connector = connect(args.address, nick=nick, tls=args.tls, ca_file=args.ca_file)
     try:
         if interactive:
-            return asyncio.run(run_tui(connector, open_history))
+            return asyncio.run(run_tui(connector, open_history, args.highlight))
         return asyncio.run(run_plain(connector, sys.stdin.buffer, sys.stdout))
     except KeyboardInterrupt:
         return 130

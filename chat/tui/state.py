@@ -8,15 +8,20 @@ directly, without a terminal or a socket.
 One pane per room, like irssi or WeeChat windows: a busy room cannot bury a quiet one, the
 status bar can count unread lines per room, and the member list belongs to the pane you
 see. Private messages, errors and server notices appear in the pane you are looking at, so
-they are never hidden. ``/join #room`` on a room you are in switches to it; so do
+they are never hidden. A line that mentions you (your nickname or a ``--highlight`` word,
+as a whole word in any case) or a private message to you is a *mention*: highlighted, it
+rings the bell (:attr:`ChatState.bell`) and marks its pane with ``!`` in the status bar.
+``/join #room`` on a room you are in switches to it; so do
 Ctrl-N/Ctrl-P and Alt-1..9.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -68,6 +73,7 @@ class RoomView:
         self.members: dict[str, str] = {}  # nick_key -> nick
         self.topic = ""
         self.unread = 0
+        self.mentions = 0  # of the unread lines, those that mention you
         self.scroll = 0  # lines scrolled back from the newest; 0 follows new lines
         # Where history replayed after our join goes: before the join's own lines, so that
         # times run forwards. None once live chat has started.
@@ -124,8 +130,17 @@ class RoomView:
 class ChatState:
     """Everything the UI shows, updated by :meth:`apply`; no application needed."""
 
-    def __init__(self, nick: str, scrollback: int = SCROLLBACK) -> None:
+    def __init__(
+        self,
+        nick: str,
+        scrollback: int = SCROLLBACK,
+        *,
+        highlights: Iterable[str] = (),
+        bell: Callable[[], None] | None = None,
+    ) -> None:
         self.nick = nick
+        self.highlights = tuple(word for word in highlights if word.strip())
+        self.bell = bell  # rung once per live mention; the UI passes the terminal's bell
         self.scrollback = scrollback
         self.views: dict[str, RoomView] = {}  # room_key -> view, in join order
         self.active = ""  # key of the view on screen; "" when in no room
@@ -148,17 +163,41 @@ class ChatState:
     def _own(self, nick: str | None) -> bool:
         return nick is not None and nick_key(nick) == nick_key(self.nick)
 
+    def mentions(self, text: str) -> bool:
+        """Whether ``text`` names you or a highlight word, as a whole word, in any case."""
+        words = "|".join(re.escape(word) for word in (self.nick, *self.highlights))
+        return re.search(rf"(?<!\w)(?:{words})(?!\w)", text, re.IGNORECASE) is not None
+
+    def is_mention(self, event: Event) -> bool:
+        """A line of someone else's that mentions you, or a private message to you."""
+        match event:
+            case Private():
+                return not event.echo and not self._own(event.nick)
+            case Message() | Action():
+                return not self._own(event.nick) and self.mentions(clean(event.text))
+        return False
+
     # --- showing ---------------------------------------------------------------------------
 
     def show(self, event: Event, view: RoomView | None = None, *, unread: bool = False) -> None:
+        """Add ``event``'s lines to ``view`` (else the pane on screen); a mention is
+        highlighted and, live, rings the bell once and marks its pane if it is not on screen."""
         target = view or self.view
-        for line in format_event(event, self.nick):
-            if getattr(event, "history", False):
+        history = bool(getattr(event, "history", False))
+        mention = self.is_mention(event)
+        for plain in format_event(event, self.nick):
+            line = (
+                [plain[0], *(("class:mention " + s, t) for s, t in plain[1:])] if mention else plain
+            )
+            if history:
                 target.replay(line)
             else:
                 target.add(line)
-            if unread and target is not self.view:
+            if (unread or mention) and not history and target is not self.view:
                 target.unread += 1
+                target.mentions += mention
+        if mention and not history and self.bell is not None:
+            self.bell()
 
     def note(self, text: str, style: str = "class:system", view: RoomView | None = None) -> None:
         """A line from the client itself, in ``view`` or else the pane on screen."""
@@ -190,6 +229,7 @@ class ChatState:
         if key in self.views:
             self.active = key
             self.views[key].unread = 0
+            self.views[key].mentions = 0
 
     def cycle(self, step: int) -> None:
         keys = list(self.views)

@@ -77,12 +77,14 @@ STYLE: Final = Style.from_dict(
         "status.down": "bg:ansired ansiwhite bold",
         "status.active": "bold reverse",
         "status.unread": "bold ansiyellow",
+        "status.mention": "bg:ansiyellow ansiblack bold",
         "status.more": "bg:ansiyellow ansiblack bold",
         "time": "ansibrightblack",
         "punct": "ansibrightblack",
         "own": "bold reverse",
         "action": "italic",
         "private": "ansimagenta bold",
+        "mention": "bg:ansiyellow ansiblack",
         "system": "ansibrightblack",
         "error": "ansired bold",
         "history": "ansibrightblack",
@@ -268,16 +270,18 @@ def _link(link: Link, *, short: bool, why: bool) -> tuple[str, str]:
 
 
 def _rooms(state: ChatState, *, short: bool) -> StyleAndTextTuples:
-    """The rooms, numbered for Alt-N, with unread counts; ``short``: numbers only but for
-    the room on screen."""
+    """The rooms, numbered for Alt-N, with unread counts, ``!`` after the count of a pane
+    with a line that mentions you; ``short``: numbers only but for the room on screen."""
     out: StyleAndTextTuples = []
     for number, (key, view) in enumerate(state.views.items(), 1):
         label = f"{number}:{view.name}"
         if key == state.active:
             out += [("", " "), ("class:status.active", label)]
         elif view.unread:
-            count = f"{number}({view.unread})" if short else f"{label}({view.unread})"
-            out += [("", " "), ("class:status.unread", count)]
+            mark = "!" if view.mentions else ""
+            count = f"({view.unread}{mark})"
+            style = "class:status.mention" if view.mentions else "class:status.unread"
+            out += [("", " "), (style, f"{number}{count}" if short else f"{label}{count}")]
         else:
             out.append(("", f" {number}" if short else f" {label}"))
     return out

@@ -122,7 +122,10 @@ async def test_an_incoming_message_shows_in_the_pane(server: ChatServer) -> None
         await bob.send({"type": "say", "text": "hi alice \x1b[2J"})
         await term.shows("<bob> hi alice [2J")  # the escape character never reaches the screen
         await bob.send({"type": "msg", "nick": "alice", "text": "private"})
+        await eventually(lambda: "bob" in term.ui.state.views)  # a pane of its own, behind
+        term.ui.state.switch("bob")
         await term.shows("[msg] <bob> private")
+        term.ui.state.switch("#lobby")
         await bob.close()
         await term.shows("<-- bob quit")
         await eventually(lambda: "bob" not in term.ui.state.view.members.values())
@@ -594,11 +597,44 @@ async def test_a_mention_rings_the_bell_once(server: ChatServer) -> None:
         term.type("alice talks to herself\r")
         await term.shows("<alice> alice talks to herself")
         await bob.send({"type": "msg", "nick": "alice", "text": "psst"})
-        await term.shows("[msg] <bob> psst")
-        assert rings == ["ding", "ding"]
+        await eventually(lambda: rings == ["ding", "ding"])
+        assert ui.state.views["bob"].mentions == 1
         ui.exit()
         assert await term.exited() == 0
     await bob.close()
+
+
+async def test_private_conversations_have_their_own_pane(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    carol = await JsonClient.connect(server.port, nick="carol")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        state = term.ui.state
+        term.type("/query bob\r")
+        await eventually(lambda: state.query == "bob")  # opened; nothing sent
+        term.type("hello there\r")  # plain text here is a private message to bob
+        assert (await bob.expect("private", nick="alice")).text == "hello there"
+        await term.shows("[msg -> bob] <alice> hello there")
+        await carol.send({"type": "msg", "nick": "alice", "text": "got a minute?"})
+        await eventually(lambda: "carol" in state.views)
+        assert state.views["carol"].mentions == 1  # behind, marked
+        term.type("/r sure\r")  # answers carol, who wrote last
+        assert (await carol.expect("private", nick="alice")).text == "sure"
+        term.type("/part\r")  # not the room behind the query pane
+        await term.shows("!!! This is a private conversation: /close closes it.")
+        assert state.room_names() == ["#lobby"]
+        term.type("/close\r")
+        await eventually(lambda: "bob" not in state.views)
+        term.type("\x1b1")  # Alt-1: #lobby
+        await eventually(lambda: state.room == "#lobby")
+        term.type("/close\r")
+        await term.shows("/close only closes private conversations; use /part to leave #lobby.")
+        term.type("/query bob and again\r")
+        assert (await bob.expect("private", nick="alice")).text == "and again"
+        await eventually(lambda: state.query == "bob")
+        term.type("/help\r")
+        await term.shows("/reply text, /r")
+    await bob.close()
+    await carol.close()
 
 
 def test_highlight_is_a_repeatable_option() -> None:

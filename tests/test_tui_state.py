@@ -89,8 +89,8 @@ def test_room_lines_go_to_their_room_and_the_rest_to_the_pane_on_screen() -> Non
     state.apply(Notice(text="a notice"))
     lobby, dev = texts(state.views["#lobby"]), texts(state.views["#dev"])
     assert dev[-1].endswith("<dave> in dev")
-    assert lobby[-4].endswith("<bob> in lobby")
-    assert lobby[-3].endswith("[msg] <dave> psst")
+    assert lobby[-3].endswith("<bob> in lobby")
+    assert texts(state.views["dave"])[-1].endswith("[msg] <dave> psst")  # its own pane
     assert lobby[-2].endswith("!!! slow down")
     assert lobby[-1].endswith("--- a notice")
     assert not any("psst" in line or "slow down" in line for line in dev)
@@ -372,4 +372,57 @@ def test_a_private_message_is_a_mention() -> None:
     state.bell = lambda: rings.append("ding")
     state.apply(Private(nick="bob", target="alice", text="psst"))
     assert rings == ["ding"]
-    assert any("class:mention" in style for style, _ in state.view.lines[-1][1:])
+    bob = state.views["bob"]
+    assert any("class:mention" in style for style, _ in bob.lines[-1][1:])
+    assert (bob.unread, bob.mentions) == (1, 1)
+
+
+# --- private conversations -------------------------------------------------------------------
+
+
+def test_a_private_message_either_way_opens_a_query_pane_behind() -> None:
+    state = two_rooms()
+    state.apply(Private(nick="Bob", target="alice", text="psst"))
+    assert list(state.views) == ["#lobby", "#dev", "bob"]
+    bob = state.views["bob"]
+    assert (bob.name, bob.query, state.active, state.last_private) == ("Bob", True, "#lobby", "Bob")
+    state.apply(Private(nick="alice", target="carol", text="hi", echo=True))
+    carol = state.views["carol"]
+    assert carol.query
+    assert carol.unread == 0  # your own line is not unread
+    assert texts(carol)[-1].endswith("[msg -> carol] <alice> hi")
+    assert texts(state.view)[-1].endswith("[msg -> carol] <alice> hi")  # seen where typed
+    assert state.rooms() == ["#lobby", "#dev"]  # queries are no rooms to complete
+    assert state.room_names() == ["#lobby", "#dev"]
+
+
+def test_a_query_pane_has_no_room_and_knows_its_nick() -> None:
+    state = two_rooms()
+    view = state.open_query("bob", switch=True)
+    assert state.view is view
+    assert (state.room, state.query) == (None, "bob")
+    assert state.open_query("BOB") is view
+    state.switch("#lobby")
+    assert (state.room, state.query) == ("#lobby", None)
+
+
+def test_close_closes_only_query_panes() -> None:
+    state = two_rooms()
+    assert state.close() == "/close only closes private conversations; use /part to leave #lobby."
+    assert "#lobby" in state.views
+    state.open_query("bob", switch=True)
+    assert state.close() is None
+    assert "bob" not in state.views
+    assert state.active == "#dev"
+    assert ChatState("x").close() is not None
+
+
+def test_a_query_follows_a_rename_and_shows_a_quit() -> None:
+    state = two_rooms()
+    state.apply(Private(nick="bob", target="alice", text="psst"))
+    state.switch("bob")
+    state.apply(Nick(nick="bob", new_nick="robert"))
+    assert list(state.views) == ["#lobby", "#dev", "robert"]
+    assert (state.active, state.query, state.last_private) == ("robert", "robert", "robert")
+    state.apply(Quit(nick="robert", text="bye"))
+    assert texts(state.view)[-1].endswith("<-- robert quit (bye)")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Final
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -25,19 +26,27 @@ from chat.commands import (
     JoinCommand,
     MeCommand,
     MsgCommand,
+    PartCommand,
     QuitCommand,
     SayCommand,
     help_text,
     parse_text_line,
 )
 from chat.errors import ConnectionLost, NickUnavailable, ProtocolError, ServerError
-from chat.protocol import nick_key, room_key, sanitize
+from chat.protocol import nick_key, room_key, sanitize, validate_nick
 from chat.tui.actions import describe, execute, fail
 from chat.tui.keys import KEYS_HELP, build_key_bindings
 from chat.tui.state import ChatState, Link
 from chat.tui.widgets import STYLE, MessagePane, build_layout, input_line
 
-__all__ = ["ChatUI", "run_tui"]
+__all__ = ["LOCAL_HELP", "ChatUI", "run_tui"]
+
+LOCAL_HELP: Final = """The client's own commands:
+  /query nick [text]   open a private conversation with nick (and say text)
+  /reply text, /r      answer the last person who wrote to you privately
+  /close               close the private conversation on screen (rooms: /part)
+  /clear               empty the pane on screen
+  /exit                quit"""
 
 
 class ChatUI:
@@ -103,6 +112,10 @@ class ChatUI:
             return
         if word == "/exit":
             text = "/quit" + text[len(word) :]
+        if word in ("/query", "/close", "/reply", "/r"):
+            text = self._private(word, text[len(word) :].strip())
+            if not text:
+                return
         try:
             command = parse_text_line(text, registered=True)
         except ProtocolError as exc:
@@ -116,7 +129,11 @@ class ChatUI:
                 return
             case HelpCommand(command=name):
                 try:
-                    help_lines = help_text(name) if name else help_text(None) + "\n" + KEYS_HELP
+                    help_lines = (
+                        help_text(name)
+                        if name
+                        else "\n".join((help_text(None), LOCAL_HELP, KEYS_HELP))
+                    )
                 except ProtocolError as exc:
                     self.state.error(exc.message)
                     return
@@ -126,7 +143,41 @@ class ChatUI:
             case JoinCommand(room=room) if room_key(room) in self.state.views:
                 self.state.switch(room_key(room))
                 return
+            case SayCommand(text=said, room=None) if self.state.query:
+                command = MsgCommand(nick=self.state.query, text=said)
+            case PartCommand(room=None) if self.state.query:
+                self.state.error("This is a private conversation: /close closes it.")
+                return
+            case MeCommand(room=None) if self.state.query:
+                self.state.error("/me works in rooms only; this is a private conversation.")
+                return
         await self._send(command, text)
+
+    def _private(self, word: str, rest: str) -> str:
+        """/query, /close and /reply: the pane to open or close here; the /msg line to send
+        to the server, or "" when there is nothing to send."""
+        state = self.state
+        if word == "/close":
+            why = state.close()
+            if why:
+                state.error(why)
+            return ""
+        if word == "/query":
+            nick, _, said = rest.partition(" ")
+            try:
+                nick = validate_nick(nick)
+            except ProtocolError as exc:
+                state.error(f"/query nick [text]: {exc.message}")
+                return ""
+            state.open_query(nick, switch=True)
+            return f"/msg {nick} {said}" if said.strip() else ""
+        if state.last_private is None:
+            state.error("No one has written to you privately yet: nobody to /reply to.")
+            return ""
+        if not rest:
+            state.error("/reply text: say what to answer.")
+            return ""
+        return f"/msg {state.last_private} {rest}"
 
     async def _send(self, command: Command, text: str) -> None:
         state = self.state
@@ -226,7 +277,7 @@ class ChatUI:
                 self.state.error(f"Gave up reconnecting: {describe(exc)}")
                 conn = None
             else:
-                rooms = ", ".join(v.name for v in self.state.views.values()) or "no room"
+                rooms = ", ".join(self.state.room_names()) or "no room"
                 self.state.note(f"--- Reconnected as {conn.nickname}; rejoining {rooms}.")
             finally:
                 ticker.cancel()

@@ -7,12 +7,14 @@ directly, without a terminal or a socket.
 
 One pane per room, like irssi or WeeChat windows: a busy room cannot bury a quiet one, the
 status bar can count unread lines per room, and the member list belongs to the pane you
-see. Private messages, errors and server notices appear in the pane you are looking at, so
-they are never hidden. A line that mentions you (your nickname or a ``--highlight`` word,
-as a whole word in any case) or a private message to you is a *mention*: highlighted, it
-rings the bell (:attr:`ChatState.bell`) and marks its pane with ``!`` in the status bar.
-``/join #room`` on a room you are in switches to it; so do
-Ctrl-N/Ctrl-P and Alt-1..9.
+see. A private conversation has a pane of its own too (a *query*, as irssi calls it),
+opened by the first private message either way or by ``/query nick``; its key is the nick's,
+which cannot clash with a room's (rooms start with '#', nicknames with a letter). Errors and
+server notices appear in the pane you are looking at, so they are never hidden. A line that
+mentions you (your nickname or a ``--highlight`` word, as a whole word in any case) or a
+private message to you is a *mention*: highlighted, it rings the bell
+(:attr:`ChatState.bell`) and marks its pane with ``!`` in the status bar. ``/join #room``
+on a room you are in switches to it; so do Ctrl-N/Ctrl-P and Alt-1..9.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Link:
 class RoomView:
     """One pane: a room's capped scrollback, its members and topic, unread count, scroll."""
 
-    def __init__(self, name: str, scrollback: int = SCROLLBACK) -> None:
+    def __init__(self, name: str, scrollback: int = SCROLLBACK, *, query: bool = False) -> None:
         self.name = name
+        self.query = query  # a private conversation with the nick ``name``, not a room
         self.scrollback = scrollback
         self.lines: list[Line] = []
         self.members: dict[str, str] = {}  # nick_key -> nick
@@ -149,6 +152,7 @@ class ChatState:
         self.switch_to: set[str] = set()  # rooms the user asked to join: show them on arrival
         # Chat lines sent but not yet echoed back: (kind, room or nick key, text).
         self.pending: list[tuple[str, str, str]] = []
+        self.last_private: str | None = None  # who last wrote to you privately: /reply
 
     @property
     def view(self) -> RoomView:
@@ -156,9 +160,39 @@ class ChatState:
 
     @property
     def room(self) -> str | None:
-        """The active room's name, or None when in no room."""
+        """The active room's name, or None when in no room (or in a query pane)."""
         view = self.views.get(self.active)
-        return view.name if view else None
+        return view.name if view and not view.query else None
+
+    @property
+    def query(self) -> str | None:
+        """The nick of the private conversation on screen, or None in a room."""
+        view = self.views.get(self.active)
+        return view.name if view and view.query else None
+
+    def open_query(self, nick: str, *, switch: bool = False) -> RoomView:
+        """The pane of the private conversation with ``nick``, opened if need be."""
+        key = nick_key(nick)
+        view = self.views.get(key)
+        if view is None:
+            view = self.views[key] = RoomView(clean(nick), self.scrollback, query=True)
+        if switch or not self.active:
+            self.switch(key)
+        return view
+
+    def close(self) -> str | None:
+        """Close the query pane on screen; otherwise say why not (an error to show)."""
+        view = self.views.get(self.active)
+        if view is None or not view.query:
+            where = f"leave {view.name}" if view else "leave a room"
+            return f"/close only closes private conversations; use /part to {where}."
+        del self.views[self.active]
+        self.active = next(reversed(self.views), "")
+        return None
+
+    def room_names(self) -> list[str]:
+        """The rooms we are in, in join order (no query panes)."""
+        return [view.name for view in self.views.values() if not view.query]
 
     def _own(self, nick: str | None) -> bool:
         return nick is not None and nick_key(nick) == nick_key(self.nick)
@@ -254,7 +288,7 @@ class ChatState:
         return list(found.values())
 
     def rooms(self) -> list[str]:
-        found = {key: view.name for key, view in self.views.items()}
+        found = {key: view.name for key, view in self.views.items() if not view.query}
         for key, name in self.known_rooms.items():
             found.setdefault(key, name)
         return list(found.values())
@@ -289,6 +323,19 @@ class ChatState:
             self.error(f"Not confirmed by the server before the connection dropped: {text}")
         self.pending.clear()
 
+    def _rename_query(self, old: str, new: str) -> None:
+        """The conversation with ``old`` goes on with ``new``, in the same place."""
+        key, new_key = nick_key(old), nick_key(new)
+        view = self.views.get(key)
+        if view is None or not view.query or (new_key != key and new_key in self.views):
+            return
+        view.name = clean(new)
+        self.views = {(new_key if k == key else k): v for k, v in self.views.items()}
+        if self.active == key:
+            self.active = new_key
+        if self.last_private is not None and nick_key(self.last_private) == key:
+            self.last_private = new
+
     # --- events ----------------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
@@ -306,10 +353,16 @@ class ChatState:
                     kind = "say" if isinstance(event, Message) else "me"
                     self.confirm(kind, room_key(event.room or ""), event.text)
                 self.show(event, target, unread=not event.history)
-            case Private():
+            case Private(nick=str(nick)):
                 if event.echo:
                     self.confirm("msg", nick_key(event.target), event.text)
-                self.show(event)
+                    pane = self.open_query(event.target)
+                    if pane is not self.view:  # where it was typed, too: it went
+                        self.show(event)
+                else:
+                    self.last_private = nick
+                    pane = self.open_query(nick)
+                self.show(event, pane, unread=not event.echo)
             case Join(room=str(room), nick=str(nick)):
                 key = room_key(room)
                 if own:
@@ -338,7 +391,9 @@ class ChatState:
                     self.show(event, view)
             case Quit(nick=str(nick)):
                 for each in self.views.values():
-                    if each.members.pop(nick_key(nick), None) is not None:
+                    if each.members.pop(nick_key(nick), None) is not None or (
+                        each.query and nick_key(each.name) == nick_key(nick)
+                    ):
                         self.show(event, each)
             case Nick(nick=str(nick), new_nick=new):
                 if own:
@@ -351,6 +406,7 @@ class ChatState:
                         shown = shown or each is self.view
                 if own and not shown:
                     self.show(event)
+                self._rename_query(nick, new)
             case Topic():
                 if view is not None:
                     view.topic = clean(event.text)

@@ -59,7 +59,14 @@ __all__ = [
 MEMBERS_WIDTH: Final = 18
 WIDE_ENOUGH: Final = 72  # columns before the member list is worth its space
 CONTINUATION_INDENT: Final = 6  # wrapped lines start under the text, after "HH:MM "
-LOCAL_COMMANDS: Final = ("clear", "exit")  # the client's own, handled by ChatUI.submit
+LOCAL_COMMANDS: Final = (
+    "clear",
+    "close",
+    "exit",
+    "query",
+    "r",
+    "reply",
+)  # the client's own, handled by ChatUI.submit
 # What "/" completes: every command a person can type, by name and alias, and the local ones.
 COMMAND_NAMES: Final = tuple(
     sorted(

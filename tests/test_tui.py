@@ -675,3 +675,57 @@ def test_zero_width_characters_are_not_drawn() -> None:
     assert all(sum(get_cwidth(f[1]) for f in row) <= 12 for row in rows)
     joined = "".join(plain_text(row) for row in rows).replace(" ", "")
     assert joined.endswith(expected.replace(" ", ""))
+
+
+def bracketed(text: str) -> str:
+    """``text`` as a terminal sends a paste in bracketed paste mode."""
+    return f"\x1b[200~{text}\x1b[201~"
+
+
+async def test_a_pasted_block_is_one_message_per_line(server: ChatServer) -> None:
+    """Issue 12: a five-line paste showed an empty input line, then went as one glued line."""
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        await eventually(lambda: "bob" in term.ui.state.view.members.values())
+        term.type(bracketed("line1\nline2\n\nline3\n"))
+        for expected in ("line1", "line2", "line3"):
+            assert (await bob.expect("message", nick="alice")).text == expected
+        await term.shows("<alice> line3")
+        assert term.ui.input.text == ""
+        term.type(bracketed("just one line"))  # one line: into the input line, not sent
+        await eventually(lambda: term.ui.input.text == "just one line")
+        term.type(" more\r")
+        assert (await bob.expect("message", nick="alice")).text == "just one line more"
+        term.type(bracketed("/quit\n/me is not a command here"))  # pasted lines are said
+        assert (await bob.expect("message", nick="alice")).text == "/quit"
+        assert (await bob.expect("message", nick="alice")).text == "/me is not a command here"
+        assert not term.task.done()
+    await bob.close()
+
+
+async def test_a_long_paste_asks_first(server: ChatServer) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        state = term.ui.state
+        await eventually(lambda: "bob" in state.view.members.values())
+        seven = "\n".join(f"row {i}" for i in range(7))
+        term.type(bracketed(seven))
+        await term.shows("send 7 lines to #lobby? y/n")
+        assert plain_text(prompt_line(state)) == "send 7 lines to #lobby? y/n "
+        term.type("x")  # other keys wait for the answer
+        term.type("y")
+        for i in range(7):
+            assert (await bob.expect("message", nick="alice")).text == f"row {i}"
+        await term.shows("<alice> row 6")
+        assert term.ui.input.text == ""
+        assert plain_text(prompt_line(state)) == "#lobby alice> "
+        for answer in ("n", "\x1b"):  # n or Esc: not sent, and the pane says so
+            term.type(bracketed(seven))
+            await eventually(lambda: state.paste_waiting is not None)
+            term.type(answer)
+            await eventually(lambda: state.paste_waiting is None)
+            await term.shows("--- Pasted 7 lines: not sent.")
+            state.view.lines.clear()
+        term.type("after\r")
+        assert (await bob.expect("message", nick="alice")).text == "after"  # no row was sent
+    await bob.close()

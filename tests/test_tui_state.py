@@ -426,3 +426,23 @@ def test_a_query_follows_a_rename_and_shows_a_quit() -> None:
     assert (state.active, state.query, state.last_private) == ("robert", "robert", "robert")
     state.apply(Quit(nick="robert", text="bye"))
     assert texts(state.view)[-1].endswith("<-- robert quit (bye)")
+
+
+def test_a_paste_is_one_line_each_and_a_long_one_waits_for_an_answer() -> None:
+    state = two_rooms()
+    assert state.paste("one\r\ntwo\n\n  \nthree\n") == ["one", "two", "three"]
+    six = "\n".join(f"row {i}" for i in range(6))
+    assert state.paste(six) == []
+    assert state.paste_question() == "send 6 lines to #lobby? y/n"
+    assert texts(state.view)[-1].endswith("send 6 lines to #lobby? y/n")
+    state.switch("#dev")
+    assert state.paste_to is state.views["#lobby"]  # where it was pasted
+    assert state.answer_paste(yes=True) == [f"row {i}" for i in range(6)]
+    assert state.paste_waiting is None
+    assert state.paste(six) == []
+    assert state.paste(six + "\nrow 6") == []  # a second paste replaces the first, loudly
+    assert texts(state.view)[-2].endswith("--- Pasted 6 lines: not sent.")
+    assert state.answer_paste(yes=False) == []
+    assert texts(state.view)[-1].endswith("--- Pasted 7 lines: not sent.")
+    assert state.answer_paste(yes=False) == []  # nothing waiting: nothing said
+    assert texts(state.view)[-1].endswith("--- Pasted 7 lines: not sent.")

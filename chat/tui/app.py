@@ -36,7 +36,7 @@ from chat.errors import ConnectionLost, NickUnavailable, ProtocolError, ServerEr
 from chat.protocol import nick_key, room_key, sanitize, validate_nick
 from chat.tui.actions import describe, execute, fail
 from chat.tui.keys import KEYS_HELP, build_key_bindings
-from chat.tui.state import ChatState, Link
+from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import STYLE, MessagePane, build_layout, input_line
 
 __all__ = ["LOCAL_HELP", "ChatUI", "run_tui"]
@@ -70,7 +70,8 @@ class ChatUI:
         self.link = Link(first.address)
         self.conn: Connection | None = first
         self._more = more
-        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        # Typed lines, and pasted ones as the commands they became: (command, text).
+        self._lines: asyncio.Queue[str | tuple[Command, str]] = asyncio.Queue()
         self._quit_reason = ""
         self._exiting = False
         self.pane = MessagePane(self.state)
@@ -79,7 +80,14 @@ class ChatUI:
         )
         self.app: Application[int] = Application(
             layout=build_layout(self.state, self.link, self.pane, self.input),
-            key_bindings=build_key_bindings(self.state, self.pane, self.input, self.exit),
+            key_bindings=build_key_bindings(
+                self.state,
+                self.pane,
+                self.input,
+                self.exit,
+                paste=self.paste,
+                answer_paste=self.answer_paste,
+            ),
             style=STYLE,
             full_screen=True,
             min_redraw_interval=0.02,
@@ -95,11 +103,39 @@ class ChatUI:
             self._lines.put_nowait(buffer.text)
         return False  # clear the line; prompt_toolkit has added it to the history
 
+    def paste(self, text: str) -> None:
+        """A bracketed paste of several lines: one message per line, to the pane on screen;
+        more than five ask first (:meth:`ChatState.paste`). Pasted lines are always chat, never
+        commands: a pasted ``/quit`` is said, not obeyed."""
+        self._queue_paste(self.state.view, self.state.paste(text))
+
+    def answer_paste(self, *, yes: bool) -> None:
+        """y or n to "send 25 lines to #dev?"."""
+        view = self.state.paste_to
+        self._queue_paste(view, self.state.answer_paste(yes=yes))
+
+    def _queue_paste(self, view: RoomView, lines: list[str]) -> None:
+        if lines and view is self.state.nowhere:
+            self.state.error(f"Pasted {len(lines)} lines: not sent (not in a room).")
+            return
+        for line in lines:
+            text = sanitize(line)
+            command: Command = (
+                MsgCommand(nick=view.name, text=text)
+                if view.query
+                else SayCommand(text=text, room=view.name)
+            )
+            self._lines.put_nowait((command, text))
+        self.app.invalidate()
+
     async def _send_loop(self) -> None:
         """Run typed lines one at a time, in order, off the keyboard's path."""
         while True:
-            line = await self._lines.get()
-            await self.submit(line)
+            item = await self._lines.get()
+            if isinstance(item, str):
+                await self.submit(item)
+            else:
+                await self._send(*item)
             self.app.invalidate()
 
     async def submit(self, line: str) -> None:

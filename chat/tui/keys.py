@@ -7,6 +7,7 @@ from typing import Final
 
 from prompt_toolkit.filters import Condition, has_completions
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.widgets import TextArea
 
 from chat.tui.state import ChatState
@@ -22,13 +23,48 @@ KEYS_HELP: Final = """Keys:
 
 
 def build_key_bindings(
-    state: ChatState, pane: MessagePane, entry: TextArea, leave: Callable[[], None]
+    state: ChatState,
+    pane: MessagePane,
+    entry: TextArea,
+    leave: Callable[[], None],
+    *,
+    paste: Callable[[str], None],
+    answer_paste: Callable[..., None],
 ) -> KeyBindings:
     """Keys added to prompt_toolkit's Emacs defaults, which already give line editing,
     Up/Down through history and Tab/Shift-Tab completion. ``entry`` is the input line
-    (Ctrl-D quits only when it is empty); ``leave`` quits the client."""
+    (Ctrl-D quits only when it is empty); ``leave`` quits the client; ``paste`` takes a
+    bracketed paste of several lines and ``answer_paste(yes=...)`` the y/n to a long one."""
     bindings = KeyBindings()
     input_empty = Condition(lambda: not entry.text)
+    asking = Condition(lambda: state.paste_waiting is not None)
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        """A paste of one line goes into the input line; of several, one message per line."""
+        text = event.data.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" in text.strip("\n"):
+            paste(text)
+        else:
+            entry.buffer.insert_text(text.strip("\n"))
+
+    @bindings.add("y", filter=asking)
+    @bindings.add("Y", filter=asking)
+    def _send_paste(event: KeyPressEvent) -> None:
+        """Send the long paste asked about."""
+        answer_paste(yes=True)
+
+    @bindings.add("n", filter=asking)
+    @bindings.add("N", filter=asking)
+    @bindings.add("escape", filter=asking, eager=True)
+    def _drop_paste(event: KeyPressEvent) -> None:
+        """Do not send it (the pane says so)."""
+        answer_paste(yes=False)
+
+    @bindings.add(Keys.Any, filter=asking)
+    @bindings.add("enter", filter=asking)
+    def _still_asking(event: KeyPressEvent) -> None:
+        """Other keys wait for y or n."""
 
     @bindings.add("pageup")
     def _older(event: KeyPressEvent) -> None:

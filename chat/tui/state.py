@@ -47,9 +47,10 @@ from chat.protocol import (
 )
 from chat.tui.format import Line, clean, format_event, stamp
 
-__all__ = ["SCROLLBACK", "ChatState", "Link", "RoomView"]
+__all__ = ["PASTE_ASK_OVER", "SCROLLBACK", "ChatState", "Link", "RoomView"]
 
 SCROLLBACK: Final = 2000  # lines kept per room
+PASTE_ASK_OVER: Final = 5  # a paste of more lines than this asks before sending
 # Lines refused before the server knew which command they held (the error names none).
 _UNREAD_LINE: Final = frozenset({ErrorCode.FLOOD, ErrorCode.LINE_TOO_LONG})
 
@@ -153,6 +154,9 @@ class ChatState:
         # Chat lines sent but not yet echoed back: (kind, room or nick key, text).
         self.pending: list[tuple[str, str, str]] = []
         self.last_private: str | None = None  # who last wrote to you privately: /reply
+        # A paste of more than PASTE_ASK_OVER lines, waiting for y/n; the pane it goes to.
+        self.paste_waiting: list[str] | None = None
+        self.paste_to = self.nowhere
 
     @property
     def view(self) -> RoomView:
@@ -275,6 +279,37 @@ class ChatState:
         keys = list(self.views)
         if 1 <= number <= len(keys):
             self.switch(keys[number - 1])
+
+    # --- pasting ---------------------------------------------------------------------------
+
+    def paste(self, text: str) -> list[str]:
+        """A bracketed paste of several lines: the lines to send now, one message each, in
+        order (blank ones left out). More than :data:`PASTE_ASK_OVER` are held, and the
+        question :meth:`paste_question` asks first; :meth:`answer_paste` settles it."""
+        lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+        lines = [line.replace("\r", " ") for line in lines]
+        if len(lines) <= PASTE_ASK_OVER:
+            return lines
+        if self.paste_waiting is not None:
+            self.answer_paste(yes=False)  # a second paste replaces the first, not silently
+        self.paste_waiting = lines
+        self.paste_to = self.view
+        self.note(self.paste_question())
+        return []
+
+    def paste_question(self) -> str:
+        """What the input line asks while a long paste waits: "send 25 lines to #dev? y/n"."""
+        count = len(self.paste_waiting or ())
+        return f"send {count} lines to {self.paste_to.name}? y/n"
+
+    def answer_paste(self, *, yes: bool) -> list[str]:
+        """y: the held lines, to send; n (or Esc): none, and the pane says they were not sent."""
+        lines, self.paste_waiting = self.paste_waiting or [], None
+        if yes:
+            return lines
+        if lines:
+            self.note(f"--- Pasted {len(lines)} lines: not sent.")
+        return []
 
     # --- completion sources ----------------------------------------------------------------
 

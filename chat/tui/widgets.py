@@ -99,6 +99,7 @@ STYLE: Final = Style.from_dict(
         "separator": "ansibrightblack",
         "prompt": "bold",
         "prompt.room": "ansicyan bold",
+        "prompt.ask": "ansiyellow bold",
     }
 )
 
@@ -213,7 +214,10 @@ class ChatCompleter(Completer):
 
 
 def prompt_line(state: ChatState) -> StyleAndTextTuples:
-    """The input line's prompt: the room on screen and your nickname."""
+    """The input line's prompt: the room on screen and your nickname; or the question
+    about a long paste while it waits for y/n."""
+    if state.paste_waiting is not None:
+        return [("class:prompt.ask", state.paste_question() + " ")]
     nick = state.nick
     return [
         ("class:prompt.room", f"{state.view.name} "),

@@ -20,6 +20,7 @@ from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.utils import get_cwidth
 
 from chat.client import Backoff, Connection, connect
+from chat.errors import NickUnavailable
 from chat.protocol import (
     Action,
     Bye,
@@ -36,8 +37,8 @@ from chat.protocol import (
     Who,
 )
 from chat.server import ChatServer, ServerConfig
-from chat.tui.app import ChatUI
-from chat.tui.cli import build_parser, history_path
+from chat.tui.app import ChatUI, open_first, run_tui
+from chat.tui.cli import ask_another_nick, build_parser, history_path
 from chat.tui.format import format_event, nick_style, plain_text
 from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
@@ -728,4 +729,64 @@ async def test_a_long_paste_asks_first(server: ChatServer) -> None:
             state.view.lines.clear()
         term.type("after\r")
         assert (await bob.expect("message", nick="alice")).text == "after"  # no row was sent
+    await bob.close()
+
+
+# --- a nickname refused at start ------------------------------------------------------------
+
+
+async def test_a_taken_nickname_at_start_is_asked_again(server: ChatServer) -> None:
+    """Issue 12: a taken nickname ended the full-screen client; now it asks for another."""
+    bob = await JsonClient.connect(server.port, nick="bob")
+    asked: list[tuple[str, str]] = []
+    answers = iter(["BOB", "robert"])  # the first is bob again, in another case
+
+    async def ask(refused: str, why: str) -> str | None:
+        asked.append((refused, why))
+        return next(answers)
+
+    connector = connect(address(server), nick="bob")
+    conn, more = await open_first(connector, ask)
+    assert conn.nickname == "robert"
+    assert [nick for nick, _ in asked] == ["bob", "BOB"]
+    assert "already in use" in asked[0][1]
+    assert (await bob.expect("join", nick="robert")).room == "#lobby"
+    await conn.quit()
+    await more.aclose()
+
+    async def give_up(refused: str, why: str) -> str | None:
+        return None
+
+    with pytest.raises(NickUnavailable):
+        await open_first(connect(address(server), nick="bob"), give_up)
+    with pytest.raises(NickUnavailable):  # without a way to ask, as line mode is
+        await open_first(connect(address(server), nick="bob"))
+    await bob.close()
+
+
+async def test_the_terminal_asks_for_another_nickname_before_the_screen(
+    server: ChatServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bob = await JsonClient.connect(server.port, nick="bob")
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        task = asyncio.create_task(
+            run_tui(connect(address(server), nick="bob"), ask=ask_another_nick)
+        )
+        keys.send_text("\x159lives\r")  # Ctrl-U empties the offered "bob"; 9lives is invalid
+        keys.send_text("\x15alice\r")
+        assert (await bob.expect("join", nick="alice")).room == "#lobby"
+        keys.send_text("/quit\r")  # the full-screen UI, now
+        async with asyncio.timeout(WAIT):
+            assert await task == 0
+        said = capsys.readouterr().out
+        assert "chat-client: nickname 'bob' unavailable: " in said
+        assert "already in use" in said
+        assert "A nickname must start with a letter" in said  # 9lives: asked again
+        task = asyncio.create_task(
+            run_tui(connect(address(server), nick="bob"), ask=ask_another_nick)
+        )
+        keys.send_text("\x15\x04")  # Ctrl-D on an empty line: give up
+        async with asyncio.timeout(WAIT):
+            assert await task == 1
+        assert "chat-client: cannot connect: nickname 'bob' unavailable" in capsys.readouterr().err
     await bob.close()

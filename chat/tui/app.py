@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Final
 
 from prompt_toolkit.application import Application
@@ -39,7 +39,7 @@ from chat.tui.keys import KEYS_HELP, build_key_bindings
 from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import STYLE, MessagePane, build_layout, input_line
 
-__all__ = ["LOCAL_HELP", "ChatUI", "run_tui"]
+__all__ = ["LOCAL_HELP", "AskNick", "ChatUI", "open_first", "run_tui"]
 
 LOCAL_HELP: Final = """The client's own commands:
   /query nick [text]   open a private conversation with nick (and say text)
@@ -337,20 +337,48 @@ class ChatUI:
                 await self._more.aclose()
 
 
+#: Asks for another nickname after the server refused one: ``(refused, why)``, where
+#: ``why`` is the refusal as one line; returns the new nickname, or None to give up.
+AskNick = Callable[[str, str], Awaitable[str | None]]
+
+
+async def open_first(
+    connector: Connect, ask: AskNick | None = None
+) -> tuple[Connection, AsyncGenerator[Connection, None]]:
+    """The first connection, and the generator of the ones after a loss.
+
+    A nickname the server refuses (taken, confusable, reserved, invalid) is asked again with
+    ``ask`` and the connection tried again with the answer, as often as it takes; without
+    ``ask``, or if ``ask`` gives up, the refusal is raised, as every other failure is.
+    """
+    while True:
+        more = aiter(connector)
+        try:
+            return await anext(more), more
+        except NickUnavailable as exc:
+            if ask is None:
+                raise
+            nick = await ask(exc.nick, describe(exc))
+            if nick is None:
+                raise
+            connector.nick = nick
+
+
 async def run_tui(
     connector: Connect,
     open_history: Callable[[], History] = InMemoryHistory,
     highlights: Iterable[str] = (),
+    ask: AskNick | None = None,
 ) -> int:
     """Connect (a failure is one line on stderr), then run the UI until the user quits.
 
     ``open_history`` makes the input history once connected (the command line passes the
     persistent one, :func:`chat.tui.cli.open_history`); ``highlights`` are the words, besides
-    your nickname, that count as mentions.
+    your nickname, that count as mentions; ``ask`` asks for another nickname when the server
+    refuses one, before the screen is taken over (:func:`open_first`).
     """
-    more = aiter(connector)
     try:
-        first = await anext(more)
+        first, more = await open_first(connector, ask)
     except (ConnectionLost, NickUnavailable, ServerError) as exc:
         return fail(f"cannot connect: {describe(exc)}")
     ui = ChatUI(first, more, history=open_history(), highlights=highlights)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory, ThreadedHistory
+from prompt_toolkit.shortcuts import PromptSession
 from prompt_toolkit.shortcuts import prompt as ask
 
 from chat import __version__
@@ -20,7 +21,7 @@ from chat.tui.actions import fail
 from chat.tui.app import run_tui
 from chat.tui.linemode import run_plain
 
-__all__ = ["ask_nick", "build_parser", "history_path", "main", "open_history"]
+__all__ = ["ask_another_nick", "ask_nick", "build_parser", "history_path", "main", "open_history"]
 
 
 def history_path() -> Path:
@@ -47,6 +48,24 @@ def ask_nick(default: str) -> str | None:
     while True:
         try:
             answer = ask("Nickname: ", default=default)
+        except (EOFError, KeyboardInterrupt):
+            return None
+        try:
+            return validate_nick(answer)
+        except ProtocolError as exc:
+            print(exc.message)
+            default = answer
+
+
+async def ask_another_nick(refused: str, why: str) -> str | None:
+    """The server refused ``refused``: say why and ask for another, on the terminal before
+    the full-screen UI starts (an :data:`~chat.tui.app.AskNick`); None if the user gives up."""
+    print(f"chat-client: {why}")
+    session: PromptSession[str] = PromptSession()
+    default = refused
+    while True:
+        try:
+            answer = await session.prompt_async("Another nickname: ", default=default)
         except (EOFError, KeyboardInterrupt):
             return None
         try:
@@ -100,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     connector = connect(args.address, nick=nick, tls=args.tls, ca_file=args.ca_file)
     try:
         if interactive:
-            return asyncio.run(run_tui(connector, open_history, args.highlight))
+            return asyncio.run(run_tui(connector, open_history, args.highlight, ask_another_nick))
         return asyncio.run(run_plain(connector, sys.stdin.buffer, sys.stdout))
     except KeyboardInterrupt:
         return 130

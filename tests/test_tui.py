@@ -14,7 +14,7 @@ from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory, History
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.utils import get_cwidth
@@ -40,8 +40,17 @@ from chat.server import ChatServer, ServerConfig
 from chat.tui.app import ChatUI, open_first, run_tui
 from chat.tui.cli import ask_another_nick, build_parser, history_path
 from chat.tui.format import format_event, nick_style, plain_text
+from chat.tui.keys import KEYS_HELP, build_key_bindings
 from chat.tui.state import ChatState, Link, RoomView
-from chat.tui.widgets import ChatCompleter, MessagePane, prompt_line, status_bar, top_bar, wrap
+from chat.tui.widgets import (
+    ChatCompleter,
+    MessagePane,
+    input_line,
+    prompt_line,
+    status_bar,
+    top_bar,
+    wrap,
+)
 from tests.harness import WAIT, JsonClient, StartServer
 
 
@@ -211,7 +220,7 @@ async def test_join_opens_a_pane_and_part_closes_it(start_server: StartServer) -
         term.type("/nick root\r")
         await term.shows("nickname 'root' unavailable")
         term.type("/help\r")
-        await term.shows("PageUp/PageDown")
+        await term.shows("Alt-Right / Alt-Left")
 
 
 async def test_status_bar_counts_unread_lines_in_other_rooms(server: ChatServer) -> None:
@@ -790,3 +799,46 @@ async def test_the_terminal_asks_for_another_nickname_before_the_screen(
             assert await task == 1
         assert "chat-client: cannot connect: nickname 'bob' unavailable" in capsys.readouterr().err
     await bob.close()
+
+
+# --- the keys and their help ----------------------------------------------------------------
+
+
+def test_help_names_every_key_bound_and_the_docs_list_the_same() -> None:
+    """Issue 12: /help left out Alt-Left and Alt-Right."""
+    state = ChatState("alice")
+    bindings = build_key_bindings(
+        state,
+        MessagePane(state),
+        input_line(state, InMemoryHistory(), lambda _: False),
+        lambda: None,
+        paste=lambda _: None,
+        answer_paste=lambda **_: None,
+    )
+    named = {  # how the help names each key sequence bound
+        ("pageup",): "PageUp",
+        ("pagedown",): "PageDown",
+        ("c-n",): "Ctrl-N",
+        ("c-p",): "Ctrl-P",
+        ("escape", "right"): "Alt-Right",
+        ("escape", "left"): "Alt-Left",
+        **{("escape", str(n)): "Alt-1 .. Alt-9" for n in range(1, 10)},
+        ("c-c",): "Ctrl-C",
+        ("c-d",): "Ctrl-D",
+        ("<bracketed-paste>",): "paste",
+        ("y",): "y / n or Esc",
+        ("Y",): "y / n or Esc",
+        ("n",): "y / n or Esc",
+        ("N",): "y / n or Esc",
+        ("escape",): "y / n or Esc",
+        ("<any>",): "y / n or Esc",
+        ("c-m",): "y / n or Esc",
+    }
+    for binding in bindings.bindings:
+        keys = tuple(str(getattr(k, "value", k)) for k in binding.keys)
+        assert keys in named, f"{keys} is bound but not in the help"
+        assert named[keys] in KEYS_HELP
+    docs = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    for row in KEYS_HELP.split("\n")[1:]:
+        key = row[:29].strip()
+        assert f"| {key} |" in docs, key

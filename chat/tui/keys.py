@@ -16,10 +16,17 @@ from chat.tui.widgets import MessagePane
 __all__ = ["KEYS_HELP", "build_key_bindings"]
 
 KEYS_HELP: Final = """Keys:
-  Enter                send the line          Up/Down        walk input history
-  Tab / Shift-Tab      complete /commands, nicknames, #rooms
-  PageUp/PageDown      scroll this room       Ctrl-N/Ctrl-P  next/previous room
-  Alt-1..9             go to room 1..9        Ctrl-C/Ctrl-D  quit"""
+  Enter                      send the line
+  Up / Down                  walk the input history
+  Tab / Shift-Tab            complete /commands, #rooms and nicknames
+  PageUp / PageDown          scroll this pane a screen back / forward
+  Ctrl-N / Ctrl-P            next / previous pane
+  Alt-Right / Alt-Left       next / previous pane
+  Alt-1 .. Alt-9             go to pane 1..9, numbered as in the status bar
+  Ctrl-C                     quit
+  Ctrl-D                     quit, on an empty line (else delete a character)
+  y / n or Esc               after a paste of over 5 lines: send them, or not
+  Ctrl-A, Ctrl-E, Ctrl-W     and the other Emacs keys edit the input line"""
 
 
 def build_key_bindings(

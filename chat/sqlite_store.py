@@ -1,0 +1,490 @@
+"""The default :class:`~chat.storage.Store`: one SQLite file, written behind the hub.
+
+Theory of operation
+-------------------
+SQLite calls block, so none runs on the event loop: every one runs on a single worker thread
+(a one-thread executor), which also owns the connection. One thread means one order: jobs run
+in the order they were queued, which is what makes the store's guarantees cheap.
+
+Writes are plain method calls that put a small item on an in-memory list (a history line as
+is, anything else as a ready-made function of the connection); nothing is built or checked
+per chat message beyond that. :meth:`SqliteStore.commit` hands the whole list to the worker,
+which applies it in one transaction, runs of history lines with one ``executemany``. A read
+hands over the list the same way before it reads, so it sees every write queued before it.
+Because the worker runs jobs in order, a commit that returns has also seen every earlier job
+through, which is what concurrent commits need.
+
+The file is in WAL mode with ``synchronous=NORMAL``: a committed transaction survives the
+process being killed (not necessarily the machine losing power), and readers in other
+processes do not block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self, TypeVar, cast
+
+from chat.protocol import Action, Message, nick_key, room_key
+from chat.storage import Account, Ban, Line, RoomState
+
+__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteStore", "open_store"]
+
+T = TypeVar("T")
+_Write = Callable[[sqlite3.Connection], None]
+_Row = tuple[str, str, str, float, str, str | None, str]
+
+BUSY_TIMEOUT_MS: Final = 5_000  # another process holding the write lock: wait, don't fail
+
+# The schema, one step per version: _MIGRATIONS[n] takes a database from version n (its
+# ``PRAGMA user_version``) to n + 1. Append steps; never change one that has shipped.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "CREATE TABLE accounts (key TEXT PRIMARY KEY, name TEXT NOT NULL,"
+        " password_hash TEXT NOT NULL, created REAL NOT NULL)",
+        "CREATE TABLE rooms (key TEXT PRIMARY KEY, name TEXT NOT NULL, topic TEXT NOT NULL,"
+        " modes TEXT NOT NULL, owner TEXT)",
+        "CREATE INDEX rooms_owner ON rooms (owner)",
+        "CREATE TABLE room_roles (room TEXT NOT NULL, account TEXT NOT NULL,"
+        " role TEXT NOT NULL, PRIMARY KEY (room, account))",
+        "CREATE INDEX room_roles_account ON room_roles (account)",
+        "CREATE TABLE room_bans (room TEXT NOT NULL,"
+        " kind TEXT NOT NULL CHECK (kind IN ('ban', 'mute')), mask TEXT NOT NULL,"
+        " reason TEXT NOT NULL, set_by TEXT NOT NULL, ts REAL NOT NULL,"
+        " PRIMARY KEY (room, kind, mask))",
+        "CREATE TABLE global_bans (mask TEXT PRIMARY KEY, reason TEXT NOT NULL,"
+        " set_by TEXT NOT NULL, ts REAL NOT NULL)",
+        "CREATE TABLE ignores (account TEXT NOT NULL, nick TEXT NOT NULL,"
+        " PRIMARY KEY (account, nick))",
+        # ``room`` is the key, ``name`` the room's name as the line was said in it.
+        "CREATE TABLE history (seq INTEGER PRIMARY KEY, room TEXT NOT NULL,"
+        " name TEXT NOT NULL, id TEXT NOT NULL, ts REAL NOT NULL,"
+        " kind TEXT NOT NULL CHECK (kind IN ('message', 'action')), nick TEXT,"
+        " text TEXT NOT NULL)",
+        "CREATE INDEX history_room ON history (room, seq)",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_INSERT_LINE: Final = (
+    "INSERT INTO history (room, name, id, ts, kind, nick, text) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Everything in a room older than its ``keep`` newest lines (nothing if it has no more).
+_PRUNE: Final = (
+    "DELETE FROM history WHERE room = ?1 AND seq <= "
+    "(SELECT seq FROM history WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)"
+)
+_LINES: Final = "SELECT name, id, ts, kind, nick, text FROM history WHERE room = ?"
+
+
+class SchemaVersionError(RuntimeError):
+    """The file was written by a newer version of the server; we refuse to guess at it."""
+
+
+async def open_store(path: str, *, keep: int = 10_000) -> SqliteStore:
+    """A ready :class:`SqliteStore` on ``path``: parent directories made, schema migrated.
+
+    Opening here, rather than at the first read, makes a bad path or a too-new file fail at
+    start-up with its own error.
+    """
+    store = SqliteStore(path, keep=keep)
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+class SqliteStore:
+    """A :class:`~chat.storage.Store` in one SQLite file (``":memory:"``: in this process only).
+
+    History is pruned to the ``keep`` newest lines of each room, lazily so that it stays
+    cheap: when a commit takes a room past ``keep + keep // 10`` lines, that room is cut back
+    to ``keep`` in the same transaction. Pruning costs one ``DELETE`` per ``keep // 10``
+    lines said, and a room holds at most ``keep + keep // 10`` lines plus one commit's worth.
+    The worker counts each room's lines (one ``count(*)`` the first time it sees a room).
+    """
+
+    def __init__(self, path: str, *, keep: int = 10_000) -> None:
+        if keep < 0:
+            raise ValueError(f"keep must be at least 0, not {keep}")
+        self._path = path
+        self._keep = keep
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-store")
+        self._pending: list[Line | _Write] = []  # queued writes, on the event loop's side
+        self._committing = 0  # jobs handed to the worker with writes, not yet finished
+        self._closing: asyncio.Future[None] | None = None
+        # The worker's own state: touched on the worker thread only (``dirty`` reads _failed).
+        self._conn: sqlite3.Connection | None = None
+        self._failed: list[Line | _Write] = []  # a rolled-back batch, retried first
+        self._counts: dict[str, int] = {}  # room key -> lines kept, for pruning
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open and migrate the file now (it is otherwise opened by the first job)."""
+        await self._run(_nothing)
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def load_room(self, name: str) -> RoomState | None:
+        return await self._run(partial(_load_room, room_key(name)))
+
+    async def claimed_rooms(self) -> list[RoomState]:
+        return await self._run(_claimed_rooms)
+
+    async def recent(self, room: str, limit: int) -> list[Line]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as none at all
+            return []
+        query = f"{_LINES} ORDER BY seq DESC LIMIT ?"
+        return await self._run(partial(_lines, query, (room_key(room), limit)))
+
+    async def before(self, room: str, ts: float, limit: int) -> list[Line]:
+        if limit <= 0:
+            return []
+        query = f"{_LINES} AND ts < ? ORDER BY seq DESC LIMIT ?"
+        return await self._run(partial(_lines, query, (room_key(room), ts, limit)))
+
+    async def account(self, name: str) -> Account | None:
+        return await self._run(partial(_account, nick_key(name)))
+
+    async def create_account(self, account: Account) -> bool:
+        """Insert under the primary key, so that the database, not a check before the
+        insert, decides between racing creations (even from other processes)."""
+        return await self._run(partial(_create_account, account))
+
+    async def global_bans(self) -> list[Ban]:
+        return await self._run(_global_bans)
+
+    async def ignores(self, account: str) -> list[str]:
+        return await self._run(partial(_ignores, nick_key(account)))
+
+    # --- writes -----------------------------------------------------------------------
+
+    def append(self, line: Line) -> None:
+        """Queue the line itself: this runs for every chat message, so it does nothing more
+        than refuse a line that belongs to no room (it would fail the whole commit)."""
+        if line.room is None:
+            raise ValueError(f"a history line needs a room: {line!r}")
+        self._pending.append(line)
+
+    def save_room(self, state: RoomState) -> None:
+        self._pending.append(partial(_save_room, state))
+
+    def delete_room(self, name: str) -> None:
+        self._pending.append(partial(_delete_room, room_key(name)))
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        self._pending.append(partial(_set_password, nick_key(name), password_hash))
+
+    def delete_account(self, name: str) -> None:
+        self._pending.append(partial(_delete_account, nick_key(name)))
+
+    def add_global_ban(self, ban: Ban) -> None:
+        self._pending.append(partial(_add_global_ban, ban))
+
+    def remove_global_ban(self, mask: str) -> None:
+        self._pending.append(partial(_remove_global_ban, mask))
+
+    def set_ignores(self, account: str, nicks: Sequence[str]) -> None:
+        self._pending.append(partial(_set_ignores, nick_key(account), tuple(nicks)))
+
+    # --- durability -------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending) or self._committing > 0 or bool(self._failed)
+
+    async def commit(self) -> None:
+        """Hand the queued writes to the worker. With nothing queued but an earlier commit
+        still running (or failed), queue an empty job: it finishes after that one."""
+        if self.dirty:
+            await self._run(_nothing)
+
+    async def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        last = self._submit(self._last_job)
+        self._executor.shutdown(wait=False)  # refuses new jobs; the queued ones still run
+        await last
+
+    # --- the event loop's side of the worker ------------------------------------------
+
+    async def _run(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``read`` on the worker after the writes queued so far. Shielded: a cancelled
+        caller must not cancel a job that carries writes."""
+        return await asyncio.shield(self._submit(partial(self._job, read)))
+
+    def _submit(self, job: Callable[[list[Line | _Write]], T]) -> asyncio.Future[T]:
+        batch = self._pending
+        future = asyncio.get_running_loop().run_in_executor(self._executor, job, batch)
+        self._pending = []  # only once the job is queued: if the executor refused, keep them
+        if batch:
+            self._committing += 1
+            future.add_done_callback(self._committed)
+        return future
+
+    def _committed(self, _: object) -> None:
+        self._committing -= 1
+
+    # --- the worker thread ------------------------------------------------------------
+
+    def _job(self, read: Callable[[sqlite3.Connection], T], batch: list[Line | _Write]) -> T:
+        conn = self._connection()
+        if batch or self._failed:
+            self._write(conn, self._failed + batch)
+        return read(conn)
+
+    def _last_job(self, batch: list[Line | _Write]) -> None:
+        """Commit what is left, then close the connection whatever happened."""
+        try:
+            if batch or self._failed:
+                self._job(_nothing, batch)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None)  # we BEGIN and COMMIT
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema up to date in one transaction: all steps or none."""
+        with _transaction(conn):
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self._path} has schema version {version}, but this server knows only "
+                    f"versions up to {SCHEMA_VERSION}: it was written by a newer server. "
+                    "Run that one, or point this one at another file."
+                )
+            for steps in _MIGRATIONS[version:]:
+                for sql in steps:
+                    conn.execute(sql)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _write(self, conn: sqlite3.Connection, ops: list[Line | _Write]) -> None:
+        """Apply ``ops`` in order in one transaction. If it fails, the ops are kept and
+        retried first by the next job, so that no write is lost or reordered."""
+        self._failed = ops
+        try:
+            with _transaction(conn):
+                rows: list[_Row] = []
+                for op in ops:
+                    if isinstance(op, Message | Action):
+                        room = cast(str, op.room)  # append() refuses a line without one
+                        rows.append((room_key(room), room, op.id, op.ts, op.type, op.nick, op.text))
+                        continue
+                    if rows:
+                        self._append(conn, rows)
+                        rows = []
+                    op(conn)
+                if rows:
+                    self._append(conn, rows)
+        except BaseException:
+            self._counts.clear()  # they may count rolled-back lines: count again
+            raise
+        self._failed = []
+
+    def _append(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        conn.executemany(_INSERT_LINE, rows)
+        slack = self._keep // 10
+        for room, added in Counter(row[0] for row in rows).items():
+            count = self._counts.get(room)
+            if count is None:  # first sight of this room: its count includes these rows
+                count = conn.execute(
+                    "SELECT count(*) FROM history WHERE room = ?", (room,)
+                ).fetchone()[0]
+            else:
+                count += added
+            if count > self._keep + slack:
+                conn.execute(_PRUNE, (room, self._keep))
+                count = self._keep
+            self._counts[room] = count
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception. Immediate takes
+    the write lock at once, so a busy file is waited for (busy_timeout) at the start rather
+    than failing in the middle."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+# --- what jobs do on the worker, one function each ------------------------------------------
+
+
+def _nothing(_: sqlite3.Connection) -> None:
+    """The read of a job that only writes."""
+
+
+def _load_room(key: str, conn: sqlite3.Connection) -> RoomState | None:
+    row = conn.execute(
+        "SELECT key, name, topic, modes, owner FROM rooms WHERE key = ?", (key,)
+    ).fetchone()
+    return None if row is None else _room_state(conn, row)
+
+
+def _claimed_rooms(conn: sqlite3.Connection) -> list[RoomState]:
+    rows = conn.execute(
+        "SELECT key, name, topic, modes, owner FROM rooms WHERE owner IS NOT NULL"
+    ).fetchall()
+    return [_room_state(conn, row) for row in rows]
+
+
+def _room_state(conn: sqlite3.Connection, row: tuple[str, str, str, str, str | None]) -> RoomState:
+    key, name, topic, modes, owner = row
+    roles = conn.execute(
+        "SELECT account, role FROM room_roles WHERE room = ? ORDER BY rowid", (key,)
+    ).fetchall()
+    kept = conn.execute(
+        "SELECT kind, mask, reason, set_by, ts FROM room_bans WHERE room = ? ORDER BY rowid",
+        (key,),
+    ).fetchall()
+    return RoomState(
+        name=name,
+        topic=topic,
+        modes=modes,
+        owner=owner,
+        roles=tuple((account, role) for account, role in roles),
+        bans=tuple(Ban(*ban) for kind, *ban in kept if kind == "ban"),
+        mutes=tuple(Ban(*ban) for kind, *ban in kept if kind == "mute"),
+    )
+
+
+def _lines(query: str, args: tuple[object, ...], conn: sqlite3.Connection) -> list[Line]:
+    """Lines newest first from ``query``, returned oldest first, as they were said."""
+    rows = conn.execute(query, args).fetchall()
+    return [
+        (Message if kind == "message" else Action)(id=id_, ts=ts, room=name, nick=nick, text=text)
+        for name, id_, ts, kind, nick, text in reversed(rows)
+    ]
+
+
+def _account(key: str, conn: sqlite3.Connection) -> Account | None:
+    row = conn.execute(
+        "SELECT name, password_hash, created FROM accounts WHERE key = ?", (key,)
+    ).fetchone()
+    return None if row is None else Account(*row)
+
+
+def _create_account(account: Account, conn: sqlite3.Connection) -> bool:
+    try:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO accounts (key, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                (nick_key(account.name), account.name, account.password_hash, account.created),
+            )
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def _global_bans(conn: sqlite3.Connection) -> list[Ban]:
+    rows = conn.execute("SELECT mask, reason, set_by, ts FROM global_bans ORDER BY rowid")
+    return [Ban(*row) for row in rows]
+
+
+def _ignores(key: str, conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute("SELECT nick FROM ignores WHERE account = ? ORDER BY rowid", (key,))
+    return [nick for (nick,) in rows]
+
+
+def _save_room(state: RoomState, conn: sqlite3.Connection) -> None:
+    key = room_key(state.name)
+    _delete_room(key, conn)
+    conn.execute(
+        "INSERT INTO rooms (key, name, topic, modes, owner) VALUES (?, ?, ?, ?, ?)",
+        (key, state.name, state.topic, state.modes, state.owner),
+    )
+    # OR REPLACE: a duplicate in the state must not fail the commit it shares with others.
+    conn.executemany(
+        "INSERT OR REPLACE INTO room_roles (room, account, role) VALUES (?, ?, ?)",
+        [(key, account, role) for account, role in state.roles],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO room_bans (room, kind, mask, reason, set_by, ts)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(key, "ban", b.mask, b.reason, b.by, b.ts) for b in state.bans]
+        + [(key, "mute", b.mask, b.reason, b.by, b.ts) for b in state.mutes],
+    )
+
+
+def _delete_room(key: str, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM rooms WHERE key = ?", (key,))
+    conn.execute("DELETE FROM room_roles WHERE room = ?", (key,))
+    conn.execute("DELETE FROM room_bans WHERE room = ?", (key,))
+
+
+def _set_password(key: str, password_hash: str, conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE accounts SET password_hash = ? WHERE key = ?", (password_hash, key))
+
+
+def _delete_account(key: str, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM accounts WHERE key = ?", (key,))
+    conn.execute("DELETE FROM ignores WHERE account = ?", (key,))
+    conn.execute("DELETE FROM room_roles WHERE account = ?", (key,))
+    conn.execute("UPDATE rooms SET owner = NULL WHERE owner = ?", (key,))
+
+
+def _add_global_ban(ban: Ban, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO global_bans (mask, reason, set_by, ts) VALUES (?, ?, ?, ?)",
+        (ban.mask, ban.reason, ban.by, ban.ts),
+    )
+
+
+def _remove_global_ban(mask: str, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM global_bans WHERE mask = ?", (mask,))
+
+
+def _set_ignores(key: str, nicks: tuple[str, ...], conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM ignores WHERE account = ?", (key,))
+    conn.executemany(
+        "INSERT OR IGNORE INTO ignores (account, nick) VALUES (?, ?)",
+        [(key, nick) for nick in nicks],
+    )

@@ -1,0 +1,289 @@
+"""SqliteStore: every record survives a reopen, reads see queued writes, history is pruned,
+the schema is versioned, and a commit survives the process being killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from chat.protocol import Action, Message
+from chat.sqlite_store import SCHEMA_VERSION, SchemaVersionError, SqliteStore, open_store
+from chat.storage import Account, Ban, RoomState
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROOM = RoomState(
+    name="#Den",
+    topic="a topic",
+    modes="it",
+    owner="alice",
+    roles=(("bob", "o"), ("carol", "v")),
+    bans=(Ban("nick:eve", "spam", "alice", 1.5), Ban("address:10.0.0.1", "", "bob", 2.0)),
+    mutes=(Ban("account:mallory", "noise", "alice", 3.0),),
+)
+
+
+def said(n: int, room: str = "#Den") -> list[Message | Action]:
+    return [
+        (Action if i % 2 else Message)(
+            id=f"id-{i}", ts=100.0 + i, room=room, nick="bob", text=str(i)
+        )
+        for i in range(n)
+    ]
+
+
+async def test_every_record_survives_a_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "deep" / "dir" / "chat.db")  # parents are made
+    lines = said(3)
+    async with await open_store(path) as store:
+        assert await store.create_account(Account("Alice", "hash-1", 10.0))
+        assert await store.create_account(Account("Bob", "hash-2", 11.0))
+        store.set_password("ALICE", "hash-3")
+        store.save_room(ROOM)
+        store.save_room(RoomState(name="#plain"))
+        store.add_global_ban(Ban("address:1.2.3.4", "flood", "oper", 5.0))
+        store.add_global_ban(Ban("nick:troll", "", "oper", 6.0))
+        store.remove_global_ban("nick:troll")
+        store.set_ignores("Alice", ["eve", "mallory"])
+        for line in lines:
+            store.append(line)
+    async with SqliteStore(path) as store:
+        assert await store.account("alice") == Account("Alice", "hash-3", 10.0)
+        assert await store.account("BOB") == Account("Bob", "hash-2", 11.0)
+        assert await store.account("nobody") is None
+        assert await store.load_room("#DEN") == ROOM
+        assert await store.load_room("#plain") == RoomState(name="#plain")
+        assert await store.load_room("#none") is None
+        assert await store.claimed_rooms() == [ROOM]
+        assert await store.global_bans() == [Ban("address:1.2.3.4", "flood", "oper", 5.0)]
+        assert await store.ignores("ALICE") == ["eve", "mallory"]
+        assert await store.recent("#den", 10) == lines
+
+
+async def test_reads_see_queued_writes_and_dirty_flips() -> None:
+    async with await open_store(":memory:") as store:
+        assert not store.dirty
+        store.save_room(ROOM)
+        store.set_ignores("alice", ["eve"])
+        assert store.dirty
+        assert await store.load_room("#den") == ROOM  # the read committed them on its way
+        assert not store.dirty
+        store.set_ignores("alice", [])
+        assert store.dirty
+        seen: list[bool] = []
+
+        async def meanwhile() -> None:
+            # Tasks start in order: the commit has handed its writes to the worker, and
+            # cannot have been told it finished, since that goes through this loop.
+            seen.append(store.dirty)
+            store.delete_room("#den")
+
+        commit = asyncio.ensure_future(store.commit())
+        await asyncio.gather(commit, meanwhile())
+        assert seen == [True]
+        assert store.dirty  # the delete came after that commit
+        await store.commit()
+        assert not store.dirty
+        assert await store.ignores("alice") == []
+        assert await store.load_room("#den") is None
+
+
+async def test_concurrent_commits_each_wait_for_earlier_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    async with await open_store(path) as store:
+        store.append(said(1)[0])
+        first = asyncio.ensure_future(store.commit())
+        second = asyncio.ensure_future(store.commit())  # nothing new queued: waits for first
+        await second
+        assert not store.dirty
+        with sqlite3.connect(path) as other:  # durable: another connection sees it
+            assert other.execute("SELECT count(*) FROM history").fetchone() == (1,)
+        await first
+
+
+@pytest.mark.parametrize("racers", [2, 10])
+async def test_one_of_concurrent_creations_wins(tmp_path: Path, racers: int) -> None:
+    path = str(tmp_path / "chat.db")
+    async with await open_store(path) as one, await open_store(path) as two:
+        names = ["Name", "NAME", "name"]
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).create_account(Account(names[i % 3], str(i), 1.0))
+                for i in range(racers)
+            )
+        )
+        assert results.count(True) == 1
+        winner = await one.account("name")
+        assert winner is not None
+
+
+async def test_history_order_and_before() -> None:
+    lines = said(10)
+    async with await open_store(":memory:") as store:
+        for line in lines:
+            store.append(line)
+        store.append(Message(id="other", ts=104.5, room="#elsewhere", nick="x", text="y"))
+        assert await store.recent("#DEN", 3) == lines[-3:]
+        assert await store.recent("#den", 100) == lines
+        assert await store.recent("#den", 0) == []
+        assert await store.before("#den", 105.0, 2) == lines[3:5]  # strictly before
+        assert await store.before("#den", 100.0, 5) == []
+        assert await store.before("#den", 1e9, 0) == []
+        assert all(not line.history for line in await store.recent("#den", 10))
+        assert await store.recent("#elsewhere", 5) == [
+            Message(id="other", ts=104.5, room="#elsewhere", nick="x", text="y")
+        ]
+
+
+async def test_a_line_without_a_room_is_refused() -> None:
+    async with await open_store(":memory:") as store:
+        with pytest.raises(ValueError, match="room"):
+            store.append(Message(nick="x", text="no room"))
+        assert not store.dirty
+
+
+async def test_history_is_pruned_to_keep(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    lines = said(40)
+    async with await open_store(path, keep=10) as store:
+        for line in lines[:11]:  # within keep + keep // 10: left alone
+            store.append(line)
+        assert await store.recent("#den", 100) == lines[:11]
+        store.append(lines[11])  # past it: cut back to keep
+        assert await store.recent("#den", 100) == lines[2:12]
+        for line in lines[12:]:  # one commit's worth beyond the slack is cut too
+            store.append(line)
+        await store.commit()
+        assert await store.recent("#den", 100) == lines[-10:]
+        store.append(Message(id="x", ts=1.0, room="#other", nick="n", text="t"))
+    async with await open_store(path, keep=10) as store:  # counts are rebuilt on reopen
+        store.append(said(1, room="#DEN")[0])
+        assert len(await store.recent("#den", 100)) == 11
+        store.append(said(1)[0])
+        assert len(await store.recent("#den", 100)) == 10
+        assert len(await store.recent("#other", 100)) == 1
+
+
+async def test_delete_account_forgets_it_everywhere() -> None:
+    async with await open_store(":memory:") as store:
+        assert await store.create_account(Account("Alice", "h", 1.0))
+        store.save_room(ROOM)  # owned by alice
+        store.save_room(RoomState(name="#ops", owner="bob", roles=(("alice", "o"), ("eve", "v"))))
+        store.set_ignores("alice", ["eve"])
+        store.set_ignores("bob", ["eve"])
+        store.delete_account("ALICE")
+        assert await store.account("alice") is None
+        assert await store.ignores("alice") == []
+        assert await store.ignores("bob") == ["eve"]
+        assert await store.load_room("#den") == RoomState(
+            name="#Den", topic=ROOM.topic, modes=ROOM.modes, owner=None, roles=ROOM.roles,
+            bans=ROOM.bans, mutes=ROOM.mutes,
+        )  # fmt: skip
+        ops = await store.load_room("#ops")
+        assert ops is not None
+        assert ops.roles == (("eve", "v"),)
+        assert [room.name for room in await store.claimed_rooms()] == ["#ops"]
+        assert await store.create_account(Account("alice", "new", 2.0))  # the name is free
+
+
+async def test_an_empty_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    sqlite3.connect(path).close()
+    async with await open_store(str(path)) as store:
+        assert await store.create_account(Account("a", "h", 1.0))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    async with await open_store(str(path)) as store:  # already current: left as is
+        assert await store.account("A") == Account("a", "h", 1.0)
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaVersionError, match="newer server"):
+        await open_store(str(path))
+    with sqlite3.connect(path) as conn:  # untouched
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+
+
+async def test_memory_keeps_nothing_across_stores() -> None:
+    async with await open_store(":memory:") as store:
+        assert await store.create_account(Account("a", "h", 1.0))
+    async with await open_store(":memory:") as store:
+        assert await store.account("a") is None
+
+
+async def test_close_commits_and_is_idempotent(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    store = await open_store(path)
+    store.add_global_ban(Ban("nick:x"))
+    await asyncio.gather(store.close(), store.close())
+    await store.close()
+    with pytest.raises(RuntimeError):
+        await store.global_bans()
+    async with await open_store(path) as again:
+        assert await again.global_bans() == [Ban("nick:x")]
+
+
+async def test_all_sqlite_runs_on_the_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: set[str] = set()
+    connect = sqlite3.connect
+
+    def spy(*args: object, **kwargs: object) -> sqlite3.Connection:
+        threads.add(threading.current_thread().name)
+        return connect(*args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", spy)
+    async with await open_store(":memory:") as store:
+        assert await store.account("x") is None
+    assert len(threads) == 1
+    assert threads.pop().startswith("chat-store")
+
+
+CRASHER = """
+import asyncio, sys
+from chat.protocol import Message
+from chat.sqlite_store import open_store
+
+async def main():
+    store = await open_store(sys.argv[1])
+    store.append(Message(id="survivor", ts=1.0, room="#den", nick="n", text="still here"))
+    await store.commit()
+    print("ok", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_commit_survives_sigkill(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHER,
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ok\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    async with await open_store(path) as store:
+        assert await store.recent("#den", 5) == [
+            Message(id="survivor", ts=1.0, room="#den", nick="n", text="still here")
+        ]

@@ -10,12 +10,16 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
 from chat import __version__
+from chat.errors import ProtocolError
+from chat.protocol import validate_nick
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
+from chat.sqlite_store import SchemaVersionError
 
 __all__ = ["build_server_parser", "server_main"]
 
@@ -51,6 +55,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.help and "(default:" in action.help:
             return action.help
         return super()._get_help_string(action)
+
+
+def default_db_path() -> str:
+    """Where a server started from a shell keeps its database: the XDG state directory."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "chat", "chat.db")
 
 
 def build_server_parser() -> argparse.ArgumentParser:
@@ -178,6 +188,51 @@ def build_server_parser() -> argparse.ArgumentParser:
         help="rooms with more members do not announce joins, parts and quits, and list "
         "their members only on /who",
     )
+    group = parser.add_argument_group("accounts, persistence and moderation (see README)")
+    add = group.add_argument
+    add(
+        "--db",
+        default=default_db_path(),
+        metavar="PATH",
+        help="SQLite database of history, topics, accounts, claimed rooms and bans; "
+        ":memory: keeps nothing (with --redis, Redis keeps all of it instead)",
+    )
+    add(
+        "--history-keep",
+        type=_positive,
+        default=defaults.history_keep,
+        metavar="LINES",
+        help="lines of each room's history kept in the database, for /history",
+    )
+    add(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="ACCOUNT",
+        help="an account that operates every room and may /kill and /gban; repeatable "
+        "(default: none)",
+    )
+    add(
+        "--login-failures",
+        type=_positive,
+        default=defaults.login_failures,
+        metavar="N",
+        help="failed logins an address may make per minute",
+    )
+    add(
+        "--account-failures",
+        type=_positive,
+        default=defaults.account_failures,
+        metavar="N",
+        help="failed logins to one account, from anywhere, per minute",
+    )
+    add(
+        "--max-ignores",
+        type=_positive,
+        default=defaults.max_ignores,
+        metavar="N",
+        help="people one user may /ignore",
+    )
     group = parser.add_argument_group("TLS")
     add = group.add_argument
     add("--tls-cert", metavar="PATH", help="serve TLS with this certificate chain (PEM)")
@@ -230,6 +285,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         announce_limit=args.announce_limit,
         max_total_rooms=args.max_total_rooms,
         history_bytes=args.history_bytes,
+        db=args.db,
+        history_keep=args.history_keep,
+        admins=tuple(args.admin),
+        login_failures=args.login_failures,
+        account_failures=args.account_failures,
+        max_ignores=args.max_ignores,
         max_clients=args.max_clients,
         max_per_ip=args.max_per_ip,
         tls_cert=args.tls_cert,
@@ -298,6 +359,11 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             "--redis needs redis-py, which is not installed: "
             "pip install 'chat[cluster]' (or: pip install 'redis[hiredis]')"
         )
+    for admin in args.admin:
+        try:
+            validate_nick(admin)
+        except ProtocolError as exc:
+            parser.error(f"--admin {admin}: no account can have that name: {exc.message}")
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     config = config_from_args(args)
     if args.workers > 1:
@@ -311,7 +377,7 @@ def _serve(config: ServerConfig, loop: str) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(run_server(config))
-    except OSError as exc:
+    except (OSError, SchemaVersionError, sqlite3.DatabaseError) as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
         return 1
 

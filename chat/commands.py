@@ -41,27 +41,58 @@ from chat.protocol import (
 
 __all__ = [
     "COMMANDS",
+    "HISTORY_MAX",
+    "HISTORY_PAGE",
     "REQUEST_ID_MAX",
     "TOPIC_CLEAR",
+    "AwayCommand",
+    "BanCommand",
+    "BansCommand",
+    "ClaimCommand",
     "Command",
     "CommandSpec",
+    "DeopCommand",
+    "DevoiceCommand",
+    "GbanCommand",
     "HelloCommand",
     "HelpCommand",
+    "HistoryCommand",
+    "IgnoreCommand",
+    "IgnoresCommand",
+    "InviteCommand",
     "JoinCommand",
+    "KickCommand",
+    "KillCommand",
+    "Kind",
+    "LoginCommand",
     "MeCommand",
+    "ModeCommand",
     "MsgCommand",
+    "MuteCommand",
     "NickCommand",
+    "OpCommand",
     "Param",
     "PartCommand",
+    "PasswordCommand",
     "PingCommand",
     "PongCommand",
     "QuitCommand",
+    "RegisterCommand",
     "Request",
     "RoomsCommand",
     "SayCommand",
     "TopicCommand",
+    "UnbanCommand",
+    "UnclaimCommand",
+    "UngbanCommand",
+    "UnignoreCommand",
+    "UnmuteCommand",
+    "UnregisterCommand",
+    "VoiceCommand",
     "WhoCommand",
+    "WhoisCommand",
     "WidthCommand",
+    "carries_secret",
     "encode_command",
     "help_text",
     "lookup",
@@ -80,9 +111,11 @@ TOPIC_CLEAR: Final = "-delete"  # "/topic [#room] -delete" clears a topic, as in
 
 @dataclass(frozen=True, slots=True)
 class HelloCommand:
-    """Switch this connection to the JSON dialect, optionally registering at once."""
+    """Switch this connection to the JSON dialect, optionally registering at once (with the
+    password of a registered nickname)."""
 
     nick: str | None = None
+    password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +173,175 @@ class TopicCommand:
     text: str | None = None
 
 
+# Accounts.
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterCommand:
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginCommand:
+    nick: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCommand:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterCommand:
+    password: str
+
+
+# Room operators. Each acts on the named room, or the active one.
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCommand:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnclaimCommand:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeopCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DevoiceCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KickCommand:
+    nick: str
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BanCommand:
+    """``mask``: a nickname online, an account, an address, or ``kind:value``."""
+
+    mask: str
+    room: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnbanCommand:
+    mask: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BansCommand:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MuteCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnmuteCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InviteCommand:
+    nick: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModeCommand:
+    """Show a room's modes (``change`` None) or change them: ``+m``, ``-i``, ``+mt``."""
+
+    room: str | None = None
+    change: str | None = None
+
+
+# Server operators.
+
+
+@dataclass(frozen=True, slots=True)
+class KillCommand:
+    nick: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GbanCommand:
+    mask: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UngbanCommand:
+    mask: str
+
+
+# People.
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCommand:
+    room: str | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwayCommand:
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhoisCommand:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreCommand:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnignoreCommand:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoresCommand:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class QuitCommand:
     reason: str = ""
@@ -183,6 +385,33 @@ Command = (
     | WidthCommand
     | PingCommand
     | PongCommand
+    | RegisterCommand
+    | LoginCommand
+    | PasswordCommand
+    | UnregisterCommand
+    | ClaimCommand
+    | UnclaimCommand
+    | OpCommand
+    | DeopCommand
+    | VoiceCommand
+    | DevoiceCommand
+    | KickCommand
+    | BanCommand
+    | UnbanCommand
+    | BansCommand
+    | MuteCommand
+    | UnmuteCommand
+    | InviteCommand
+    | ModeCommand
+    | KillCommand
+    | GbanCommand
+    | UngbanCommand
+    | HistoryCommand
+    | AwayCommand
+    | WhoisCommand
+    | IgnoreCommand
+    | UnignoreCommand
+    | IgnoresCommand
 )
 
 
@@ -216,6 +445,8 @@ class Kind(Enum):
     TOPIC = "topic"  # the rest of the line; TOPIC_CLEAR (text) or "" (JSON) clears
     OFFSET = "offset"  # where a page starts: "+N" typed, a number (or "+N") in JSON
     NUMBER = "number"  # a whole number: digits typed, a number (or digits) in JSON
+    WORD = "word"  # one word (a mask, a mode change), checked by the hub
+    SECRET = "secret"  # a password: one word, or the rest of the line if last; never shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +466,7 @@ class Param:
             Kind.TOPIC: "text",
             Kind.OFFSET: "+N",
             Kind.NUMBER: "N",
+            Kind.SECRET: "password",
         }.get(self.kind, self.name)
         return shown if self.required else f"[{shown}]"
 
@@ -260,6 +492,12 @@ class CommandSpec:
 
 
 _ROOM_OPT: Final = Param("room", Kind.ROOM, required=False)
+_NICK: Final = Param("nick", Kind.NICK)
+_ON_NICK: Final = (_ROOM_OPT, _NICK)
+_REASON: Final = Param("reason", Kind.REASON, required=False)
+_SECRET: Final = Param("password", Kind.SECRET)
+HISTORY_PAGE: Final = 50
+HISTORY_MAX: Final = 500
 
 COMMANDS: Final[tuple[CommandSpec, ...]] = (
     CommandSpec(
@@ -324,6 +562,135 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         before_registration=True,
     ),
     CommandSpec(
+        "history",
+        HistoryCommand,
+        f"Show up to N older lines of a room you are in (default {HISTORY_PAGE}, at most "
+        f"{HISTORY_MAX}); again for the lines before those.",
+        (_ROOM_OPT, Param("count", Kind.NUMBER, required=False)),
+    ),
+    CommandSpec(
+        "away",
+        AwayCommand,
+        "Say you are away; whoever messages you privately is told, once. Without a "
+        "message: you are back.",
+        (Param("text", Kind.REASON, required=False, label="message"),),
+    ),
+    CommandSpec(
+        "whois",
+        WhoisCommand,
+        "Who someone is: account, rooms, idle time, away message.",
+        (Param("nick", Kind.NICK),),
+    ),
+    CommandSpec(
+        "ignore",
+        IgnoreCommand,
+        "Stop receiving nick's messages, actions and private messages.",
+        (Param("nick", Kind.NICK),),
+    ),
+    CommandSpec(
+        "unignore", UnignoreCommand, "Receive nick's messages again.", (Param("nick", Kind.NICK),)
+    ),
+    CommandSpec("ignores", IgnoresCommand, "List whom you ignore."),
+    CommandSpec(
+        "register",
+        RegisterCommand,
+        "Tie your nickname to an account with this password: from then on only you can use it.",
+        (_SECRET,),
+    ),
+    CommandSpec(
+        "login",
+        LoginCommand,
+        "Log in to the account of nick (and take that nickname).",
+        (Param("nick", Kind.NICK), _SECRET),
+        before_registration=True,
+    ),
+    CommandSpec(
+        "password",
+        PasswordCommand,
+        "Change your account's password.",
+        (Param("old", Kind.SECRET, label="old"), Param("new", Kind.SECRET, label="new")),
+    ),
+    CommandSpec(
+        "unregister",
+        UnregisterCommand,
+        "Delete your account: your nickname is anyone's again.",
+        (_SECRET,),
+    ),
+    CommandSpec(
+        "claim",
+        ClaimCommand,
+        "Make a room you operate belong to your account: it keeps its topic, modes, "
+        "operators and bans while empty.",
+        (_ROOM_OPT,),
+    ),
+    CommandSpec("unclaim", UnclaimCommand, "Give up a room you own.", (_ROOM_OPT,)),
+    CommandSpec(
+        "op", OpCommand, "Make nick an operator of the room (operators).", (_ROOM_OPT, _NICK)
+    ),
+    CommandSpec("deop", DeopCommand, "Take operator status from nick (operators).", _ON_NICK),
+    CommandSpec(
+        "voice", VoiceCommand, "Let nick speak while the room is moderated (operators).", _ON_NICK
+    ),
+    CommandSpec("devoice", DevoiceCommand, "Take nick's voice (operators).", _ON_NICK),
+    CommandSpec(
+        "kick",
+        KickCommand,
+        "Remove nick from the room, with a reason (operators).",
+        (*_ON_NICK, _REASON),
+    ),
+    CommandSpec(
+        "ban",
+        BanCommand,
+        "Keep someone out of the room: a nickname online bans their account, or their "
+        "nickname and address; also account:NAME, nick:NAME, address:IP (operators).",
+        (_ROOM_OPT, Param("mask", Kind.WORD, label="nick|account|address"), _REASON),
+    ),
+    CommandSpec(
+        "unban",
+        UnbanCommand,
+        "Lift a ban, as /bans lists it (operators).",
+        (_ROOM_OPT, Param("mask", Kind.WORD)),
+    ),
+    CommandSpec("bans", BansCommand, "List a room's bans and mutes.", (_ROOM_OPT,)),
+    CommandSpec(
+        "mute",
+        MuteCommand,
+        "Refuse nick's lines in the room; nick is told (operators).",
+        _ON_NICK,
+    ),
+    CommandSpec("unmute", UnmuteCommand, "Let nick speak again (operators).", _ON_NICK),
+    CommandSpec(
+        "invite",
+        InviteCommand,
+        "Invite nick to the room, even while it is invite-only (operators).",
+        _ON_NICK,
+    ),
+    CommandSpec(
+        "mode",
+        ModeCommand,
+        "Show the room's modes, or change them (operators): i invite-only, m moderated, "
+        "t only operators set the topic.",
+        (_ROOM_OPT, Param("change", Kind.WORD, required=False, label="+|-imt")),
+    ),
+    CommandSpec(
+        "kill",
+        KillCommand,
+        "Disconnect nick from the server (server operators).",
+        (_NICK, _REASON),
+    ),
+    CommandSpec(
+        "gban",
+        GbanCommand,
+        "Ban an account or address from the whole server (server operators).",
+        (Param("mask", Kind.WORD, label="account|address"), _REASON),
+    ),
+    CommandSpec(
+        "ungban",
+        UngbanCommand,
+        "Lift a server-wide ban (server operators).",
+        (Param("mask", Kind.WORD),),
+    ),
+    CommandSpec(
         "quit",
         QuitCommand,
         "Leave the chat; your rooms see the reason.",
@@ -364,7 +731,7 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         "hello",
         HelloCommand,
         "Switch to the JSON Lines dialect, optionally registering a nickname at once.",
-        (Param("nick", Kind.NICK, required=False),),
+        (Param("nick", Kind.NICK, required=False), Param("password", Kind.SECRET, required=False)),
         before_registration=True,
         typed=False,
     ),
@@ -396,6 +763,16 @@ def lookup(name: str, *, typed: bool) -> CommandSpec:
     return spec
 
 
+def carries_secret(line: str) -> bool:
+    """Whether a typed line is a command with a password in it (never kept in a history)."""
+    if not line.startswith("/") or line.startswith("//"):
+        return False
+    spec = _BY_NAME.get(line[1:].split(" ", 1)[0].lower()) or _BY_ALIAS.get(
+        line[1:].split(" ", 1)[0].lower()
+    )
+    return spec is not None and any(p.kind is Kind.SECRET for p in spec.params)
+
+
 def help_text(command: str | None) -> str:
     """What ``/help`` answers: every typed command, or one command's usage."""
     if command is None:
@@ -424,14 +801,15 @@ def _check(spec: CommandSpec, param: Param, value: str | None) -> str | None:
     """One parameter's value, normalised, or the refusal every dialect gives."""
     # Blank free text counts as absent. A blank name is refused by what checks names (a
     # room: room_invalid; a nickname, by the hub: nick_invalid); a blank topic clears it.
-    if value is None or (not value.strip() and param.kind in (Kind.TEXT, Kind.REASON, Kind.NAME)):
+    blankable = (Kind.TEXT, Kind.REASON, Kind.NAME, Kind.WORD, Kind.SECRET)
+    if value is None or (not value.strip() and param.kind in blankable):
         if param.required:
             raise _usage_error(spec)
         return None
     match param.kind:
         case Kind.ROOM:  # an empty optional room is no room; anything else must be valid
             return validate_room(value) if value or param.required else None
-        case Kind.NICK:
+        case Kind.NICK | Kind.WORD | Kind.SECRET:
             return value.strip()
         case Kind.NAME:
             return value.strip().lstrip("/").lower()
@@ -463,13 +841,19 @@ def _build(spec: CommandSpec, values: dict[str, str | None]) -> Command:
 # --- the text dialect ----------------------------------------------------------------------
 
 
+# Parameters read as one word unless they are the last (a last password takes the line).
+_ONE_WORD: Final = frozenset(
+    {Kind.ROOM, Kind.NICK, Kind.NAME, Kind.OFFSET, Kind.NUMBER, Kind.WORD, Kind.SECRET}
+)
+
+
 def parse_text_arguments(spec: CommandSpec, args: str) -> Command:
     """Read a typed command's arguments (what follows ``/name``) by the table's rules."""
     rest = args.strip()
     values: dict[str, str | None] = {}
     last = len(spec.params) - 1
     for index, param in enumerate(spec.params):
-        if index < last and param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME, Kind.OFFSET):
+        if index < last and param.kind in _ONE_WORD:
             if param.kind is Kind.ROOM and not param.required and not rest.startswith("#"):
                 continue  # text may follow an optional room: only a '#word' is a room
             if param.kind is Kind.OFFSET and not rest.startswith("+"):
@@ -478,7 +862,7 @@ def parse_text_arguments(spec: CommandSpec, args: str) -> Command:
             values[param.name] = _check(spec, param, word or None)
             rest = rest.strip()
         else:  # the last parameter takes the rest of the line
-            if param.kind in (Kind.ROOM, Kind.NICK, Kind.NAME) and " " in rest:
+            if param.kind in _ONE_WORD and param.kind is not Kind.SECRET and " " in rest:
                 raise _usage_error(spec)  # one word expected, several typed
             if param.kind is Kind.TOPIC and rest == TOPIC_CLEAR:
                 rest = " "

@@ -56,6 +56,23 @@ class ErrorCode(StrEnum):
     LINE_TOO_LONG = "line_too_long"
     FLOOD = "flood"
     CLUSTER_DOWN = "cluster_down"
+    # Accounts.
+    NICK_REGISTERED = "nick_registered"
+    WRONG_PASSWORD = "wrong_password"
+    PASSWORD_INVALID = "password_invalid"
+    LOGIN_THROTTLED = "login_throttled"
+    NOT_LOGGED_IN = "not_logged_in"
+    ACCOUNT_EXISTS = "account_exists"
+    NO_SUCH_ACCOUNT = "no_such_account"
+    # Moderation.
+    NOT_OPERATOR = "not_operator"
+    BANNED = "banned"
+    MUTED = "muted"
+    INVITE_ONLY = "invite_only"
+    MODERATED = "moderated"
+    NOT_CLAIMED = "not_claimed"
+    ALREADY_CLAIMED = "already_claimed"
+    NO_SUCH_BAN = "no_such_ban"
     # Reasons a connection is closed (sent in a ``bye`` event).
     QUIT = "quit"
     SERVER_SHUTDOWN = "server_shutdown"
@@ -68,6 +85,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_ERRORS = "too_many_errors"
     SERVER_FULL = "server_full"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    KILLED = "killed"
+    GHOSTED = "ghosted"
     INTERNAL_ERROR = "internal_error"
 
 

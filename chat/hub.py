@@ -22,32 +22,75 @@ of other nodes; the hub knows another node's users only as names in its rooms
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import replace
+from typing import Protocol, cast
 
+from chat.accounts import LoginThrottle, Passwords, check_password
 from chat.codecs import Codec
 from chat.commands import (
+    HISTORY_MAX,
+    HISTORY_PAGE,
+    AwayCommand,
+    BanCommand,
+    BansCommand,
+    ClaimCommand,
+    DeopCommand,
+    DevoiceCommand,
+    GbanCommand,
+    HistoryCommand,
+    IgnoreCommand,
+    IgnoresCommand,
+    InviteCommand,
     JoinCommand,
+    KickCommand,
+    KillCommand,
+    LoginCommand,
     MeCommand,
+    ModeCommand,
     MsgCommand,
+    MuteCommand,
     NickCommand,
+    OpCommand,
     PartCommand,
+    PasswordCommand,
+    RegisterCommand,
     Request,
     RoomsCommand,
     SayCommand,
     TopicCommand,
+    UnbanCommand,
+    UnclaimCommand,
+    UngbanCommand,
+    UnignoreCommand,
+    UnmuteCommand,
+    UnregisterCommand,
+    VoiceCommand,
     WhoCommand,
+    WhoisCommand,
 )
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import (
     LOBBY,
+    ROOM_MODES,
     TOPIC_MAX,
     Action,
+    Away,
+    BanInfo,
+    BanList,
+    Error,
     Event,
+    Ignores,
+    Invite,
     Join,
+    Kick,
+    LoggedIn,
     Message,
+    Mode,
+    Modes,
     Nick,
     Notice,
     Part,
@@ -58,15 +101,19 @@ from chat.protocol import (
     Topic,
     Welcome,
     Who,
+    Whois,
     nick_key,
     nick_skeleton,
     room_key,
     validate_nick,
     validate_room,
 )
+from chat.rooms import Member, Room, address_mask, masks_of, parse_mask
+from chat.storage import Account, Ban, MemoryStore, RoomState, Store
 
 __all__ = [
     "DEFAULT_ANNOUNCE_LIMIT",
+    "DEFAULT_MAX_IGNORES",
     "DEFAULT_MAX_ROOMS",
     "Backend",
     "Hub",
@@ -77,7 +124,10 @@ __all__ = [
     "Room",
 ]
 
+log = logging.getLogger("chat.hub")
+
 DEFAULT_MAX_ROOMS = 32
+DEFAULT_MAX_IGNORES = 100
 DEFAULT_ANNOUNCE_LIMIT = 100
 DEFAULT_MAX_TOTAL_ROOMS = 10_000
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
@@ -104,34 +154,15 @@ class Peer(Protocol):
     def busy(self) -> bool:
         """True while the client is falling behind (see Hub.private)."""
 
+    @property
+    def address(self) -> str:
+        """The client's IP address, for bans (never shown but to server operators)."""
+
     def push(self, data: bytes) -> None:
         """Queue bytes for the client; must not block, may drop a client that is too slow."""
 
     def close(self, code: ErrorCode, text: str) -> None:
         """Say goodbye with a reason and disconnect (used when the cluster revokes a nick)."""
-
-
-@dataclass(eq=False, slots=True)
-class Member:
-    """A registered user: their nickname, their rooms in join order, and their active room."""
-
-    nick: str
-    peer: Peer
-    rooms: dict[str, Room] = field(default_factory=dict)
-    active: Room | None = None
-
-
-@dataclass(eq=False, slots=True)
-class Room:
-    name: str
-    history: deque[Message | Action]
-    topic: str = ""
-    members: dict[Member, None] = field(default_factory=dict)  # local, an ordered set
-    remote: dict[str, str] = field(default_factory=dict)  # on other nodes: nick key -> nick
-
-    @property
-    def population(self) -> int:
-        return len(self.members) + len(self.remote)
 
 
 # --- the one delivery path ---------------------------------------------------------------
@@ -141,17 +172,27 @@ class Outbox:
     """Every event on its way to a peer, in the order the hub produced them.
 
     Three kinds of entry share one list: bytes already rendered for one peer (answers,
-    errors, notices), an event posted to a room (rendered at flush time, once per codec key,
+    errors, notices), an event posted to a room (rendered at delivery, once per codec key,
     consecutive events of one room batched into one push per member), and an action to run
-    in its place (a session closing after its ``bye``). The list is flushed once per
-    event-loop iteration, or earlier by :meth:`flush`.
+    in its place (a session closing after its ``bye``). The list is delivered once per
+    event-loop iteration.
+
+    Nothing is delivered before the store has made durable what was written before it: when
+    the store is dirty, what is pending waits for its commit (one at a time, in a task of the
+    outbox's own), so an acknowledged message survives a crash. A room whose membership
+    changes meanwhile has its pending events pinned to its members as they were
+    (:meth:`settle`), so nobody gets what was said before they came, or misses what was said
+    before they left.
     """
 
-    __slots__ = ("_pending", "_scheduled")
+    __slots__ = ("_committing", "_pending", "_posted", "_scheduled", "_store")
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[Peer, bytes] | tuple[Room, Event] | Callable[[], None]] = []
+    def __init__(self, store: Store | None = None) -> None:
+        self._pending: list[_Entry] = []
+        self._posted: set[Room] = set()  # rooms with a post pending
         self._scheduled = False
+        self._store: Store = store or MemoryStore()
+        self._committing: asyncio.Task[None] | None = None
 
     def send(self, peer: Peer, event: Event) -> None:
         """One event for one peer, rendered now in the peer's current codec."""
@@ -159,6 +200,7 @@ class Outbox:
 
     def post(self, room: Room, event: Event) -> None:
         """An event for every local member of ``room``."""
+        self._posted.add(room)
         self._add((room, event))
 
     def deliver(self, members: Iterable[Member], event: Event) -> None:
@@ -176,48 +218,110 @@ class Outbox:
         """Run ``action`` once everything queued before it has been pushed."""
         self._add(action)
 
-    def _add(self, entry: tuple[Peer, bytes] | tuple[Room, Event] | Callable[[], None]) -> None:
+    def settle(self, room: Room) -> None:
+        """``room``'s membership is about to change: what was posted to it so far goes to
+        its members as they are now."""
+        if room not in self._posted:
+            return
+        self._posted.discard(room)
+        members = list(room.members)
+        pending = self._pending
+        for index, entry in enumerate(pending):
+            if type(entry) is tuple and entry[0] is room:
+                pending[index] = (members, entry[1])
+
+    def _add(self, entry: _Entry) -> None:
         self._pending.append(entry)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._release)
 
-    def flush(self) -> None:
-        """Push everything pending, in order. Cheap when there is nothing."""
+    def _release(self) -> None:
         self._scheduled = False
-        while self._pending:
-            pending, self._pending = self._pending, []
-            start = 0
-            while start < len(pending):
-                entry = pending[start]
-                start += 1
-                if callable(entry):
-                    entry()
-                elif isinstance(entry[0], Room):
-                    room = entry[0]
-                    events = [entry[1]]
-                    while start < len(pending):  # one batch per run of one room's events
-                        following = pending[start]
-                        if callable(following) or following[0] is not room:
-                            break
-                        events.append(following[1])
-                        start += 1
-                    _fan_out(room.members, events)
-                else:
-                    peer, data = entry
-                    peer.push(data)
+        if self._committing is not None:
+            return  # the commit under way releases what is pending when it is done
+        if self._store.dirty:
+            self._committing = asyncio.get_running_loop().create_task(self._commit())
+            return
+        self.flush()
+
+    async def _commit(self) -> None:
+        """Commit, deliver what was pending when the commit began, and again while the store
+        has more to commit."""
+        try:
+            while self._pending:
+                held = len(self._pending)
+                if self._store.dirty:
+                    try:
+                        await self._store.commit()
+                    except Exception:  # a full disk must not stop the chat
+                        log.exception("store commit failed; delivering anyway")
+                self.flush(held)
+        finally:
+            self._committing = None
+
+    async def drain(self) -> None:
+        """Return once everything pending has been delivered (shutdown)."""
+        while self._pending or self._committing is not None:
+            if self._committing is not None:
+                await asyncio.shield(self._committing)
+            else:
+                self._release()
+
+    def flush(self, count: int | None = None) -> None:
+        """Push the first ``count`` entries pending (all of them by default), in order,
+        whether or not the store has committed what they follow: for tests and for what
+        must go out now."""
+        if count is None:
+            count = len(self._pending)
+        pending, self._pending = self._pending[:count], self._pending[count:]
+        if not self._pending:
+            self._posted.clear()
+        start = 0
+        while start < len(pending):
+            entry = pending[start]
+            start += 1
+            if callable(entry):
+                entry()
+                continue
+            target = entry[0]
+            if isinstance(target, Room | list):
+                events = [cast(Event, entry[1])]
+                while start < len(pending):  # one batch per run of one room's events
+                    following = pending[start]
+                    if callable(following) or following[0] is not target:
+                        break
+                    events.append(following[1])
+                    start += 1
+                _fan_out(target.members if isinstance(target, Room) else target, events)
+            else:
+                target.push(cast(bytes, entry[1]))
+
+
+_Entry = tuple["Peer", bytes] | tuple[Room, Event] | tuple[list[Member], Event] | Callable[[], None]
 
 
 def _fan_out(members: Iterable[Member], events: list[Event]) -> None:
-    """Render ``events`` once per codec key and push the same bytes to every member."""
+    """Render ``events`` once per codec key and push the same bytes to every member; a
+    member who ignores someone gets a rendering of their own, without that someone."""
     rendered: dict[object, bytes] = {}
     for member in members:
         peer = member.peer
+        if member.ignores:
+            shown = [e for e in events if not _ignored(member, e)]
+            if shown:
+                peer.push(b"".join(peer.codec.encode(event) for event in shown))
+            continue
         codec = peer.codec
         data = rendered.get(codec.key)
         if data is None:
             data = rendered[codec.key] = b"".join(codec.encode(event) for event in events)
         peer.push(data)
+
+
+def _ignored(member: Member, event: Event) -> bool:
+    """Whether ``member`` ignores who said ``event`` (messages and actions only)."""
+    return type(event) in (Message, Action) and nick_key(event.nick or "") in member.ignores
 
 
 # --- the cluster seam --------------------------------------------------------------------
@@ -248,6 +352,9 @@ class Backend(Protocol):
 
     def forget_room(self, name: str) -> None:
         """The last member left ``name``: its history and topic may go."""
+
+    def kill(self, nick: str, text: str) -> None:
+        """Disconnect ``nick``, a user on another node, saying ``text`` (``/kill``)."""
 
     @property
     def congested(self) -> bool:
@@ -282,6 +389,9 @@ class LocalBackend:
     def forget_room(self, name: str) -> None:
         return None
 
+    def kill(self, nick: str, text: str) -> None:
+        raise AssertionError("a single process has no other node")
+
     congested = False
 
     async def uncongested(self) -> None:
@@ -304,13 +414,23 @@ class Hub:
         announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
         max_total_rooms: int = DEFAULT_MAX_TOTAL_ROOMS,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        max_ignores: int = DEFAULT_MAX_IGNORES,
         backend: Backend | None = None,
+        store: Store | None = None,
+        passwords: Passwords | None = None,
+        throttle: LoginThrottle | None = None,
+        admins: Iterable[str] = (),
     ) -> None:
         self.lock = asyncio.Lock()
         self.backend: Backend = backend or LocalBackend()
-        self.outbox = Outbox()
+        self.store: Store = store or MemoryStore()
+        self.passwords = passwords or Passwords()
+        self.throttle = throttle or LoginThrottle()
+        self.admins = frozenset(nick_key(name) for name in admins)
+        self.outbox = Outbox(self.store)
         self.history_length = history
         self.max_rooms = max_rooms
+        self.max_ignores = max_ignores
         # Rooms larger than this stop announcing joins, parts and quits and list their
         # members only on /who: otherwise filling a room costs O(members^2) lines.
         self.announce_limit = announce_limit
@@ -325,12 +445,33 @@ class Hub:
         self._by_activity: dict[Room, None] = {}  # rooms with history, least recent first
         self._last_active: Room | None = None  # the last of them
         self._rooms: dict[str, Room] = {}
+        self._loading: dict[str, asyncio.Task[Room]] = {}  # room key -> its load from the store
         self._listing: list[RoomInfo] = []  # every room, largest first (see _room_list)
         self._listing_at = float("-inf")  # loop time it was built
         self._listing_dirty = True
         self._matches: dict[str, list[RoomInfo]] = {}  # filter -> its rooms, of _listing
         self._room_skeletons: dict[str, Room] = {}  # what each room's name looks like
         self._room(LOBBY)
+
+    async def start(self, store: Store | None = None) -> None:
+        """Use ``store`` from now on (before any client), and take back what it kept: the
+        lobby, and every claimed room."""
+        if store is not None:
+            self.store = store
+            self.outbox = Outbox(store)
+        for state in await self.store.claimed_rooms():
+            self._room(state.name).restore(state)
+        lobby = self._rooms[LOBBY]
+        kept = await self.store.load_room(LOBBY)
+        if kept is not None:
+            lobby.restore(kept)
+        for line in await self.store.recent(LOBBY, self.history_length):
+            self._remember(lobby, line)
+        for room in self._rooms.values():
+            if room is not lobby:
+                for line in await self.store.recent(room.name, self.history_length):
+                    self._remember(room, line)
+        self._listing_dirty = True
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -342,9 +483,9 @@ class Hub:
 
     def dispatch(self, member: Member, request: Request) -> Awaitable[None] | None:
         """:meth:`execute` without a coroutine of its own for the commands that need none:
-        most are done when this returns; the few that must wait (a rename claims its nickname
-        cluster-wide, a private message may have to find its recipient) return what to
-        await. A session calls this for every line, so the common case stays cheap."""
+        most are done when this returns; those that must wait (for the store, a password
+        hash, or the cluster) return what to await. A session calls this for every line, so
+        the common case stays cheap."""
         command = request.command
         if type(command) is SayCommand:  # most lines; a class pattern costs 3x this test
             self.say(member, command.room, command.text)
@@ -356,7 +497,7 @@ class Hub:
             case MsgCommand(nick=nick, text=text):
                 return self.private(member, nick, text, re)
             case JoinCommand(room=room):
-                self.join(member, room, re)
+                return self.join(member, room, re)
             case PartCommand(room=room, reason=reason):
                 self.part(member, room, reason, re)
             case RoomsCommand(offset=offset, match=match):
@@ -367,6 +508,60 @@ class Hub:
                 self.topic(member, room, text, re)
             case NickCommand(nick=nick):
                 return self.rename(member, nick, re)
+            case HistoryCommand(room=room, count=count):
+                return self.history(member, room, count, re)
+            case AwayCommand(text=text):
+                self.set_away(member, text or "", re)
+            case WhoisCommand(nick=nick):
+                return self.whois(member, nick, re)
+            case IgnoreCommand(nick=nick):
+                self.ignore(member, nick, True, re)
+            case UnignoreCommand(nick=nick):
+                self.ignore(member, nick, False, re)
+            case IgnoresCommand():
+                self.tell(member, Ignores(nicks=self._ignored_nicks(member)), re)
+            case RegisterCommand(password=password):
+                return self.register_account(member, password, re)
+            case LoginCommand(nick=nick, password=password):
+                return self.login(member, nick, password, re)
+            case PasswordCommand(old=old, new=new):
+                return self.change_password(member, old, new, re)
+            case UnregisterCommand(password=password):
+                return self.unregister(member, password, re)
+            case ClaimCommand(room=room):
+                self.claim(member, room, re)
+            case UnclaimCommand(room=room):
+                self.unclaim(member, room, re)
+            case OpCommand(room=room, nick=nick):
+                self.set_status(member, room, nick, "+o", re)
+            case DeopCommand(room=room, nick=nick):
+                self.set_status(member, room, nick, "-o", re)
+            case VoiceCommand(room=room, nick=nick):
+                self.set_status(member, room, nick, "+v", re)
+            case DevoiceCommand(room=room, nick=nick):
+                self.set_status(member, room, nick, "-v", re)
+            case KickCommand(room=room, nick=nick, reason=reason):
+                self.kick(member, room, nick, reason, re)
+            case BanCommand(room=room, mask=mask, reason=reason):
+                return self.ban(member, room, mask, reason, re)
+            case UnbanCommand(room=room, mask=mask):
+                self.unban(member, room, mask, re)
+            case BansCommand(room=room):
+                self.bans(member, room, re)
+            case MuteCommand(room=room, nick=nick):
+                self.mute(member, room, nick, True, re)
+            case UnmuteCommand(room=room, nick=nick):
+                self.mute(member, room, nick, False, re)
+            case InviteCommand(room=room, nick=nick):
+                return self.invite(member, room, nick, re)
+            case ModeCommand(room=room, change=change):
+                self.mode(member, room, change, re)
+            case KillCommand(nick=nick, reason=reason):
+                return self.kill(member, nick, reason, re)
+            case GbanCommand(mask=mask, reason=reason):
+                return self.gban(member, mask, reason, re)
+            case UngbanCommand(mask=mask):
+                return self.ungban(member, mask, re)
             case other:
                 raise AssertionError(f"not a hub command: {other!r}")
         return None
@@ -399,22 +594,100 @@ class Hub:
                 "choose another.",
             )
 
-    async def register(self, peer: Peer, raw_nick: str, request: str | None = None) -> Member:
-        """Claim a nickname for ``peer``, welcome it and put it in the lobby."""
+    async def register(
+        self,
+        peer: Peer,
+        raw_nick: str,
+        request: str | None = None,
+        password: str | None = None,
+    ) -> Member:
+        """Claim a nickname for ``peer`` (logging in to its account if it has one), welcome
+        it and put it in the lobby. A registered nickname without its password is refused
+        with ``nick_registered``: the session asks for the password."""
         nick = validate_nick(raw_nick)
+        account = await self._authenticate(peer.address, nick, password)
         async with self.lock:
+            if account is not None:
+                self._ghost(nick, account.name)
             self._check_available(nick)
             await self.backend.claim(nick)
-            member = Member(nick, peer)
+            member = Member(nick, peer, since=time.time())
             self._by_key[nick_key(nick)] = member
             self._by_skeleton[nick_skeleton(nick)] = member
-        welcome = Welcome(nick=nick, text=f"Welcome, {nick}! Type /help for the commands.")
+        if account is not None:
+            await self._logged_in(member, account.name)
+        text = f"Welcome, {nick}! Type /help for the commands."
+        if account is not None:
+            text = f"Welcome back, {nick}: you are logged in. Type /help for the commands."
+        welcome = Welcome(nick=nick, account=member.account, text=text)
         self.tell(member, welcome, request)
-        self.join(member, LOBBY)
+        try:
+            await self.join(member, LOBBY)
+        except ProtocolError as exc:  # banned from the lobby: still welcome elsewhere
+            self.tell(member, Error(code=exc.code, text=exc.message, command="join"))
         return member
+
+    async def _authenticate(self, address: str, nick: str, password: str | None) -> Account | None:
+        """The account ``nick`` logs in to, None for a guest nickname; or the refusal."""
+        await self._check_gban([address_mask(address)])
+        record = await self.store.account(nick)
+        if record is None:
+            if password is not None:
+                raise ProtocolError(
+                    ErrorCode.NO_SUCH_ACCOUNT,
+                    f"No account is called {nick}; connect without a password, then /register.",
+                )
+            return None
+        if password is None:
+            raise ProtocolError(
+                ErrorCode.NICK_REGISTERED,
+                f"The nickname {record.name} is registered: log in with its password.",
+            )
+        await self._verify(address, record, password)
+        await self._check_gban([f"account:{nick_key(record.name)}"])
+        return record
+
+    async def _verify(self, address: str, record: Account, password: str) -> None:
+        """Check a password, within the failed-login budget of the address and account."""
+        key = nick_key(record.name)
+        self.throttle.check(address, key)
+        if not await self.passwords.verify(record.password_hash, password):
+            self.throttle.failed(address, key)
+            log.info("login failed account=%s address=%s", record.name, address)
+            raise ProtocolError(ErrorCode.WRONG_PASSWORD, f"Wrong password for {record.name}.")
+        self.throttle.succeeded(address, key)
+
+    async def _logged_in(self, member: Member, account: str) -> None:
+        member.account = account
+        member.admin = nick_key(account) in self.admins
+        member.ignores |= set(await self.store.ignores(account))
+        log.info("login nick=%s account=%s admin=%s", member.nick, account, member.admin)
+
+    def _ghost(self, nick: str, account: str) -> None:
+        """Whoever holds ``nick`` logged in to ``account`` elsewhere (a stale connection) is
+        disconnected: the owner logging in again takes it over. Holds the lock."""
+        holder = self._by_key.get(nick_key(nick))
+        if holder is None or holder.account is None:
+            return
+        if nick_key(holder.account) != nick_key(account):
+            return
+        self._unregister(holder)
+        holder.peer.close(ErrorCode.GHOSTED, "You logged in from another connection.")
+        self._drop(holder, "Logged in from another connection")
 
     async def rename(self, member: Member, raw_nick: str, request: str | None = None) -> None:
         nick = validate_nick(raw_nick)
+        if nick_key(nick) != nick_key(member.nick):
+            record = await self.store.account(nick)
+            if record is not None and not _owns(member, record.name):
+                raise ProtocolError(
+                    ErrorCode.NICK_REGISTERED,
+                    f"The nickname {record.name} is registered: /login {record.name} PASSWORD "
+                    "if it is yours.",
+                )
+        await self._rename(member, nick, request)
+
+    async def _rename(self, member: Member, nick: str, request: str | None) -> None:
         async with self.lock:
             self._check_available(nick, owner=member)
             old = member.nick
@@ -429,6 +702,8 @@ class Hub:
             self._by_skeleton[nick_skeleton(nick)] = member
             if nick_key(nick) != nick_key(old):
                 await self.backend.release(old)
+        for room in member.rooms.values():
+            _rekey(room, old, nick)
         event = Nick(nick=old, new_nick=nick)
         self.outbox.deliver(self._sharing(member.rooms.values(), member), event)
         self.tell(member, event, request)
@@ -446,6 +721,10 @@ class Hub:
                 return
             self._unregister(member)
             await self.backend.release(member.nick)
+        self._drop(member, reason)
+
+    def _drop(self, member: Member, reason: str) -> None:
+        """Take an unregistered member out of its rooms and tell who shared them."""
         neighbours = self._sharing(member.rooms.values(), member, quiet_too=False)
         for room in list(member.rooms.values()):
             self._leave(member, room)
@@ -477,6 +756,7 @@ class Hub:
         if room is None:
             room = self._rooms[key] = Room(name, deque(maxlen=self.history_length))
             self._room_skeletons.setdefault(nick_skeleton(name), room)
+            self._listing_dirty = True
         return room
 
     def _check_new_room(self, name: str) -> None:
@@ -494,6 +774,30 @@ class Hub:
                 f"The room name {name} looks too much like {lookalike.name}; join that one "
                 "or choose another name.",
             )
+
+    async def _load(self, name: str) -> Room:
+        """The room ``name``, made from what the store kept of it; joins of one room that
+        arrive while it loads wait for the same load."""
+        key = room_key(name)
+        loading = self._loading.get(key)
+        if loading is None:
+            self._check_new_room(name)
+            loading = asyncio.get_running_loop().create_task(self._fetch(name))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _fetch(self, name: str) -> Room:
+        state = await self.store.load_room(name)
+        lines = await self.store.recent(name, self.history_length)
+        room = self._rooms.get(room_key(name))
+        if room is None:
+            room = self._room(name)
+            if state is not None:
+                room.restore(state)
+            for line in lines:
+                self._remember(room, line)
+        return room
 
     def _existing_room(self, name: str) -> Room:
         room = self._rooms.get(room_key(validate_room(name)))
@@ -516,48 +820,64 @@ class Hub:
 
     def _enter(self, member: Member, room: Room) -> None:
         """Add a member to a room. Events already posted to the room were addressed to
-        its members as they were, so they go out first."""
-        self.outbox.flush()
+        its members as they were."""
+        self.outbox.settle(room)
         room.members[member] = None
         member.rooms[room_key(room.name)] = room
         self._listing_dirty = True
 
     def _leave(self, member: Member, room: Room) -> None:
-        self.outbox.flush()  # as in _enter: what was posted before reaches who was there
+        self.outbox.settle(room)  # as in _enter: what was posted before reaches who was there
         del member.rooms[room_key(room.name)]
         del room.members[member]
+        key = nick_key(member.nick)
+        room.ops.discard(key)
+        room.voiced.discard(key)
         self._listing_dirty = True
         if self._drop_if_empty(room):
             self.backend.forget_room(room.name)
 
     def _drop_if_empty(self, room: Room) -> bool:
-        if room.population or room_key(room.name) == LOBBY:
+        """An empty room goes, unless it is the lobby or claimed; what the store keeps of
+        an unclaimed room is its topic (and its history)."""
+        if room.population or room_key(room.name) == LOBBY or room.owner is not None:
             return False
         del self._rooms[room_key(room.name)]
         self._forget_history(room)
         if self._room_skeletons.get(nick_skeleton(room.name)) is room:
             del self._room_skeletons[nick_skeleton(room.name)]
+        if room.topic:
+            self.store.save_room(RoomState(room.name, topic=room.topic))
+        elif room.modes or room.bans or room.mutes:
+            self.store.delete_room(room.name)
         return True
 
-    def join(self, member: Member, name: str, request: str | None = None) -> None:
+    async def join(self, member: Member, name: str, request: str | None = None) -> None:
         """Join ``name`` (creating it) and make it active; if already joined, just switch."""
-        key = room_key(validate_room(name))
+        name = validate_room(name)
+        key = room_key(name)
+        if key not in member.rooms and len(member.rooms) >= self.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"You are in {self.max_rooms} rooms already; /part one first.",
+            )
+        room = self._rooms.get(key)
+        if room is None:
+            room = await self._load(name)
+            if self._by_key.get(nick_key(member.nick)) is not member:
+                return  # disconnected while the room loaded
         joined = member.rooms.get(key)
         if joined is not None:
             member.active = joined
             notice = Notice(room=joined.name, text=f"Now talking in {joined.name}.")
             self.tell(member, notice, request)
             return
-        if len(member.rooms) >= self.max_rooms:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_ROOMS,
-                f"You are in {self.max_rooms} rooms already; /part one first.",
-            )
-        name = validate_room(name)
-        if key not in self._rooms:
-            self._check_new_room(name)
-        room = self._room(name)
+        self._check_entry(member, room)
+        creator = not room.population and room.owner is None and key != LOBBY
         self._enter(member, room)
+        room.invites.difference_update(masks_of(member))
+        if creator or (room.operates(member) and not member.admin):
+            room.ops.add(nick_key(member.nick))
         member.active = room
         event = Join(room=room.name, nick=member.nick)
         if not self._quiet(room):
@@ -577,8 +897,26 @@ class Hub:
             )
         else:
             self.tell(member, self._who(room))
+        oldest = time.time()
         for past in room.history:
-            self.tell(member, replace(past, history=True))
+            oldest = min(oldest, past.ts)
+            if not (member.ignores and _ignored(member, past)):
+                self.tell(member, replace(past, history=True))
+        member.history_from[key] = oldest
+
+    def _check_entry(self, member: Member, room: Room) -> None:
+        """Bans and invite-only keep people out; operators of the room always get in."""
+        if room.operates(member):
+            return
+        ban = room.ban_of(member)
+        if ban is not None:
+            why = f" ({ban.reason})" if ban.reason else ""
+            raise ProtocolError(ErrorCode.BANNED, f"You are banned from {room.name}{why}.")
+        if "i" in room.modes and not room.invited(member):
+            raise ProtocolError(
+                ErrorCode.INVITE_ONLY,
+                f"{room.name} is invite-only; ask one of its operators for an /invite.",
+            )
 
     def part(
         self, member: Member, name: str | None, reason: str, request: str | None = None
@@ -588,8 +926,13 @@ class Hub:
         if not self._quiet(room):
             self.outbox.deliver([m for m in room.members if m is not member], event)
         self.tell(member, event, request)
-        self._leave(member, room)
+        self._gone(member, room, request)
         self.backend.publish(event)
+
+    def _gone(self, member: Member, room: Room, request: str | None = None) -> None:
+        """``member`` is no longer in ``room`` (parted, kicked or banned)."""
+        self._leave(member, room)
+        member.history_from.pop(room_key(room.name), None)
         if member.active is room:
             member.active = next(reversed(member.rooms.values()), None)
             if member.active is None:
@@ -641,7 +984,15 @@ class Hub:
 
     def _who(self, room: Room) -> Who:
         nicks = sorted([m.nick for m in room.members] + list(room.remote.values()), key=nick_key)
-        return Who(room=room.name, members=tuple(nicks))
+        ops = [m.nick for m in room.members if room.operates(m)]
+        ops += [nick for key, nick in room.remote.items() if key in room.ops]
+        voiced = [n for n in nicks if nick_key(n) in room.voiced]
+        return Who(
+            room=room.name,
+            members=tuple(nicks),
+            operators=tuple(sorted(ops, key=nick_key)),
+            voiced=tuple(voiced),
+        )
 
     def who(self, member: Member, name: str | None, request: str | None = None) -> None:
         room = self._member_room(member, None) if name is None else self._existing_room(name)
@@ -655,6 +1006,10 @@ class Hub:
             self.tell(member, Topic(room=room.name, text=room.topic), request)
             return
         room = self._member_room(member, name)
+        if "t" in room.modes and not room.operates(member):
+            raise ProtocolError(
+                ErrorCode.NOT_OPERATOR, f"Only operators of {room.name} set its topic (+t)."
+            )
         text = text.strip()
         if len(text) > TOPIC_MAX:
             raise ProtocolError(
@@ -663,6 +1018,7 @@ class Hub:
             )
         room.topic = text
         self._listing_dirty = True
+        self.store.save_room(room.state())
         event = Topic(room=room.name, nick=member.nick, text=text)
         self.outbox.deliver([m for m in room.members if m is not member], event)
         self.tell(member, event, request)
@@ -676,14 +1032,34 @@ class Hub:
 
     def say(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
-        self._said(room, Message(room=room.name, nick=member.nick, text=text))
+        if room.modes or room.mutes:
+            self._check_voice(member, room)
+        self._said(member, room, Message(room=room.name, nick=member.nick, text=text))
 
     def act(self, member: Member, name: str | None, text: str) -> None:
         room = self._member_room(member, name)
-        self._said(room, Action(room=room.name, nick=member.nick, text=text))
+        if room.modes or room.mutes:
+            self._check_voice(member, room)
+        self._said(member, room, Action(room=room.name, nick=member.nick, text=text))
 
-    def _said(self, room: Room, event: Message | Action) -> None:
+    def _check_voice(self, member: Member, room: Room) -> None:
+        if room.may_speak(member):
+            return
+        if any(mask in room.mutes for mask in masks_of(member)):
+            raise ProtocolError(
+                ErrorCode.MUTED,
+                f"You are muted in {room.name}: your line reached nobody.",
+            )
+        raise ProtocolError(
+            ErrorCode.MODERATED,
+            f"{room.name} is moderated: only operators and voiced members speak; your line "
+            "reached nobody.",
+        )
+
+    def _said(self, member: Member, room: Room, event: Message | Action) -> None:
+        member.last_said = event.ts
         self._remember(room, event)
+        self.store.append(event)
         self.outbox.post(room, event)
         self.backend.publish(event)
 
@@ -701,7 +1077,12 @@ class Hub:
                     ErrorCode.RECIPIENT_BUSY,
                     f"{target.nick} is not keeping up with what is sent to them; try again later.",
                 )
-            self.tell(target, event)
+            if nick_key(member.nick) not in target.ignores:  # the sender is not told
+                self.tell(target, event)
+            member.last_said = event.ts
+            if target.away and nick_key(member.nick) not in target.told_away:
+                target.told_away.add(nick_key(member.nick))
+                self.tell(member, Away(nick=target.nick, text=target.away))
         else:
             remote = await self.backend.locate(nick)
             if remote is None:
@@ -709,6 +1090,507 @@ class Hub:
             event = Private(nick=member.nick, target=remote, text=text)
             self.backend.send_private(event)
         self.tell(member, replace(event, echo=True), request)
+
+    # --- history, away, whois, ignore -------------------------------------------------------
+
+    async def history(
+        self, member: Member, name: str | None, count: int | None, request: str | None = None
+    ) -> None:
+        """Up to ``count`` lines of a joined room older than any this member was sent."""
+        room = self._member_room(member, name)
+        key = room_key(room.name)
+        if count is not None and not 1 <= count <= HISTORY_MAX:
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"Ask for 1 to {HISTORY_MAX} lines.",
+                command="history",
+            )
+        before = member.history_from.get(key, time.time())
+        lines = await self.store.before(room.name, before, count or HISTORY_PAGE)
+        if key not in member.rooms:
+            return  # parted meanwhile
+        for line in lines:
+            if not (member.ignores and _ignored(member, line)):
+                self.tell(member, replace(line, history=True), request)
+        if lines:
+            member.history_from[key] = lines[0].ts
+            text = f"{len(lines)} older lines of {room.name}; /history for more."
+        else:
+            text = f"No older lines in {room.name}."
+        self.tell(member, Notice(room=room.name, text=text), request)
+
+    def set_away(self, member: Member, text: str, request: str | None = None) -> None:
+        member.away = text
+        member.told_away.clear()
+        self.tell(member, Away(nick=member.nick, text=text), request)
+
+    async def whois(self, member: Member, nick: str, request: str | None = None) -> None:
+        target = self.find(nick)
+        if target is None:
+            remote = await self.backend.locate(nick)
+            if remote is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
+            rooms = [
+                r.name
+                for r in self._rooms.values()
+                if nick_key(remote) in r.remote
+                and (r in member.rooms.values() or "i" not in r.modes)
+            ]
+            self.tell(member, Whois(nick=remote, rooms=tuple(rooms)), request)
+            return
+        shared = [
+            room.name
+            for room in target.rooms.values()
+            if member in room.members or "i" not in room.modes or member.admin
+        ]
+        now = time.time()
+        event = Whois(
+            nick=target.nick,
+            account=target.account,
+            rooms=tuple(shared),
+            idle=int(now - (target.last_said or target.since)),
+            away=target.away,
+            since=target.since,
+            operator=target.admin,
+            address=target.address if member.admin else None,
+        )
+        self.tell(member, event, request)
+
+    def ignore(self, member: Member, nick: str, on: bool, request: str | None = None) -> None:
+        key = nick_key(validate_nick(nick))
+        if on:
+            if key == nick_key(member.nick):
+                raise ProtocolError(ErrorCode.BAD_ARGUMENTS, "You cannot ignore yourself.")
+            if key not in member.ignores and len(member.ignores) >= self.max_ignores:
+                raise ProtocolError(
+                    ErrorCode.BAD_ARGUMENTS,
+                    f"You ignore {self.max_ignores} people already; /unignore someone first.",
+                )
+            member.ignores.add(key)
+        else:
+            if key not in member.ignores:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"You do not ignore {nick}.")
+            member.ignores.discard(key)
+        if member.account is not None:
+            self.store.set_ignores(member.account, sorted(member.ignores))
+        self.tell(member, Ignores(nicks=self._ignored_nicks(member)), request)
+
+    def _ignored_nicks(self, member: Member) -> tuple[str, ...]:
+        return tuple(sorted(member.ignores))
+
+    # --- accounts -------------------------------------------------------------------------
+
+    async def register_account(
+        self, member: Member, password: str, request: str | None = None
+    ) -> None:
+        """``/register``: the member's nickname becomes an account with this password."""
+        if member.account is not None:
+            raise ProtocolError(
+                ErrorCode.ACCOUNT_EXISTS, f"You are logged in as {member.account} already."
+            )
+        password = check_password(password)
+        nick = member.nick
+        password_hash = await self.passwords.hash(password)
+        if not await self.store.create_account(Account(nick, password_hash, time.time())):
+            raise ProtocolError(ErrorCode.ACCOUNT_EXISTS, f"{nick} is registered already.")
+        await self._logged_in(member, nick)
+        if member.ignores:
+            self.store.set_ignores(nick, sorted(member.ignores))
+        text = (
+            f"The nickname {nick} is now yours: next time, log in with its password "
+            f"(/login {nick} PASSWORD)."
+        )
+        self.tell(member, LoggedIn(nick=member.nick, account=nick, text=text), request)
+
+    async def login(
+        self, member: Member, nick: str, password: str, request: str | None = None
+    ) -> None:
+        """``/login`` once registered: log in to the account ``nick`` and take that name."""
+        record = await self.store.account(nick)
+        if record is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_ACCOUNT, f"No account is called {nick}.")
+        await self._verify(member.address, record, password)
+        await self._check_gban([f"account:{nick_key(record.name)}"])
+        if nick_key(member.nick) != nick_key(record.name):
+            async with self.lock:
+                self._ghost(record.name, record.name)
+            await self._rename(member, record.name, None)
+        await self._logged_in(member, record.name)
+        text = f"You are logged in as {record.name}."
+        self.tell(member, LoggedIn(nick=member.nick, account=record.name, text=text), request)
+
+    async def change_password(
+        self, member: Member, old: str, new: str, request: str | None = None
+    ) -> None:
+        record = await self._own_account(member)
+        new = check_password(new)
+        await self._verify(member.address, record, old)
+        self.store.set_password(record.name, await self.passwords.hash(new))
+        self.tell(member, Notice(text="Your password is changed."), request)
+
+    async def unregister(self, member: Member, password: str, request: str | None = None) -> None:
+        record = await self._own_account(member)
+        await self._verify(member.address, record, password)
+        key = nick_key(record.name)
+        self.store.delete_account(record.name)
+        for room in self._rooms.values():
+            room.roles.pop(key, None)
+            if room.owner is not None and nick_key(room.owner) == key:
+                room.owner = None
+                event = Mode(room=room.name, nick=member.nick, change="-r", target=record.name)
+                self.outbox.post(room, event)
+                self.backend.publish(event)
+        member.account = None
+        member.admin = False
+        text = f"The account {record.name} is deleted: the nickname is anyone's again."
+        self.tell(member, LoggedIn(nick=member.nick, account=None, text=text), request)
+
+    async def _own_account(self, member: Member) -> Account:
+        record = None if member.account is None else await self.store.account(member.account)
+        if record is None:
+            raise ProtocolError(
+                ErrorCode.NOT_LOGGED_IN, "You are not logged in; /register or /login first."
+            )
+        return record
+
+    # --- room operators -----------------------------------------------------------------------
+
+    def _operated(self, member: Member, name: str | None) -> Room:
+        """The room a moderation command addresses, which ``member`` must operate."""
+        room = self._member_room(member, name)
+        if not room.operates(member):
+            raise ProtocolError(ErrorCode.NOT_OPERATOR, f"You are not an operator of {room.name}.")
+        return room
+
+    def _in_room(self, room: Room, nick: str) -> Member | str:
+        """The member of ``room`` called ``nick``: local, or the name of a remote one."""
+        key = nick_key(nick)
+        target = self._by_key.get(key)
+        if target is not None and target in room.members:
+            return target
+        remote = room.remote.get(key)
+        if remote is not None:
+            return remote
+        raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"{nick} is not in {room.name}.")
+
+    def _announce(self, room: Room, event: Event, actor: Member, request: str | None) -> None:
+        """A moderation event: everyone in the room sees it, the actor as the answer; the
+        cluster hears of it; the log keeps it."""
+        self.outbox.deliver([m for m in room.members if m is not actor], event)
+        self.tell(actor, event, request)
+        self.backend.publish(event)
+        log.info(
+            "moderation room=%s by=%s event=%s target=%s text=%r",
+            room.name,
+            actor.nick,
+            event.type if not isinstance(event, Mode) else event.change,
+            getattr(event, "target", ""),
+            event.text,
+        )
+
+    def _save(self, room: Room) -> None:
+        self.store.save_room(room.state())
+
+    def set_status(
+        self, member: Member, name: str | None, nick: str, change: str, request: str | None
+    ) -> None:
+        """``/op``, ``/deop``, ``/voice``, ``/devoice``."""
+        room = self._operated(member, name)
+        target = self._in_room(room, nick)
+        shown = target.nick if isinstance(target, Member) else target
+        key = nick_key(shown)
+        flag, adding = change[1], change[0] == "+"
+        group = room.ops if flag == "o" else room.voiced
+        account = target.account if isinstance(target, Member) else None
+        if not adding and flag == "o" and account and _owns_room(room, account):
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS, f"{shown} owns {room.name} and stays its operator."
+            )
+        if adding:
+            group.add(key)
+        else:
+            group.discard(key)
+        if room.owner is not None and account is not None:
+            role_key = nick_key(account)
+            if adding:
+                room.roles[role_key] = flag
+            elif room.roles.get(role_key) == flag:
+                del room.roles[role_key]
+        self._save(room)
+        self._announce(
+            room,
+            Mode(room=room.name, nick=member.nick, change=change, target=shown),
+            member,
+            request,
+        )
+
+    def kick(
+        self, member: Member, name: str | None, nick: str, reason: str, request: str | None
+    ) -> None:
+        room = self._operated(member, name)
+        target = self._in_room(room, nick)
+        if isinstance(target, Member) and target.admin and not member.admin:
+            raise ProtocolError(
+                ErrorCode.NOT_OPERATOR, f"{target.nick} is a server operator; you cannot kick them."
+            )
+        self._remove_from(room, target, member, reason, request)
+
+    def _remove_from(
+        self, room: Room, target: Member | str, actor: Member, reason: str, request: str | None
+    ) -> None:
+        """Kick ``target`` out of ``room``: everyone there sees it, ``target`` included."""
+        shown = target.nick if isinstance(target, Member) else target
+        event = Kick(room=room.name, nick=actor.nick, target=shown, text=reason)
+        self._announce(room, event, actor, request)
+        if isinstance(target, Member):
+            self._gone(target, room)
+        else:
+            self.outbox.settle(room)
+            room.remote.pop(nick_key(shown), None)
+            room.ops.discard(nick_key(shown))
+            room.voiced.discard(nick_key(shown))
+            self._listing_dirty = True
+
+    async def ban(
+        self, member: Member, name: str | None, word: str, reason: str, request: str | None
+    ) -> None:
+        room = self._operated(member, name)
+        masks = await self._masks_for(word, room)
+        now = time.time()
+        for mask in masks:
+            room.bans[mask] = Ban(mask, reason, member.nick, now)
+            room.invites.discard(mask)
+        self._save(room)
+        for mask in masks:
+            event = Mode(room=room.name, nick=member.nick, change="+b", target=mask, text=reason)
+            self._announce(room, event, member, request)
+        for present in list(room.members):
+            if present is not member and not room.operates(present) and room.ban_of(present):
+                self._remove_from(room, present, member, reason or "banned", None)
+        for key, nick in list(room.remote.items()):
+            if f"nick:{key}" in masks:
+                self._remove_from(room, nick, member, reason or "banned", None)
+
+    async def _masks_for(self, word: str, room: Room) -> list[str]:
+        """What ``/ban word`` bans: a written-out mask; a nickname online (its account, or
+        its nickname and address); an account; else a nickname."""
+        mask = parse_mask(word)
+        if mask is not None:
+            return [mask]
+        target = self.find(word)
+        if target is not None:
+            if target.account is not None:
+                return [f"account:{nick_key(target.account)}"]
+            return [f"nick:{nick_key(target.nick)}", address_mask(target.address)]
+        if nick_key(word) in room.remote:
+            return [f"nick:{nick_key(word)}"]
+        if await self.store.account(word) is not None:
+            return [f"account:{nick_key(word)}"]
+        return [f"nick:{nick_key(validate_nick(word))}"]
+
+    def unban(self, member: Member, name: str | None, word: str, request: str | None) -> None:
+        room = self._operated(member, name)
+        wanted = {parse_mask(word) or word.lower()}
+        wanted |= {f"account:{nick_key(word)}", f"nick:{nick_key(word)}"}
+        lifted = [mask for mask in room.bans if mask in wanted]
+        if not lifted:
+            raise ProtocolError(
+                ErrorCode.NO_SUCH_BAN, f"No ban in {room.name} matches {word}; see /bans."
+            )
+        for mask in lifted:
+            del room.bans[mask]
+        self._save(room)
+        for mask in lifted:
+            event = Mode(room=room.name, nick=member.nick, change="-b", target=mask)
+            self._announce(room, event, member, request)
+
+    def bans(self, member: Member, name: str | None, request: str | None) -> None:
+        room = self._operated(member, name)
+        listed = [BanInfo(b.mask, "ban", b.reason, b.by, b.ts) for b in room.bans.values()]
+        listed += [BanInfo(b.mask, "mute", b.reason, b.by, b.ts) for b in room.mutes.values()]
+        self.tell(member, BanList(room=room.name, bans=tuple(listed)), request)
+
+    def mute(
+        self, member: Member, name: str | None, nick: str, on: bool, request: str | None
+    ) -> None:
+        room = self._operated(member, name)
+        target = self.find(nick)
+        if target is not None and target.account is not None:
+            masks = [f"account:{nick_key(target.account)}", f"nick:{nick_key(target.nick)}"]
+        else:
+            masks = [f"nick:{nick_key(validate_nick(nick))}"]
+        shown = target.nick if target is not None else nick
+        if on:
+            room.mutes[masks[0]] = Ban(masks[0], "", member.nick, time.time())
+        else:
+            found = [mask for mask in masks if mask in room.mutes]
+            if not found:
+                raise ProtocolError(ErrorCode.NO_SUCH_BAN, f"{shown} is not muted in {room.name}.")
+            for mask in found:
+                del room.mutes[mask]
+        self._save(room)
+        change = "+q" if on else "-q"
+        self._announce(
+            room,
+            Mode(room=room.name, nick=member.nick, change=change, target=shown),
+            member,
+            request,
+        )
+
+    async def invite(
+        self, member: Member, name: str | None, nick: str, request: str | None
+    ) -> None:
+        room = self._operated(member, name)
+        target = self.find(nick)
+        if target is None:
+            remote = await self.backend.locate(nick)
+            if remote is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
+            room.invites.add(f"nick:{nick_key(remote)}")
+            shown = remote
+        else:
+            room.invites.update(masks_of(target)[:1] + masks_of(target)[2:])  # not the address
+            shown = target.nick
+        event = Invite(room=room.name, nick=member.nick, target=shown)
+        self._announce(room, event, member, request)
+        if target is not None and target not in room.members:
+            self.tell(target, event)
+
+    def mode(
+        self, member: Member, name: str | None, change: str | None, request: str | None
+    ) -> None:
+        if change is None:
+            room = self._member_room(member, name)
+            modes = "".join(sorted(room.modes))
+            self.tell(member, Modes(room=room.name, modes=modes, owner=room.owner), request)
+            return
+        room = self._operated(member, name)
+        sign, letters = change[:1], change[1:]
+        if sign not in ("+", "-") or not letters or set(letters) - set(ROOM_MODES):
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"A mode change is + or - and some of {ROOM_MODES}: /mode +m, /mode -it.",
+                command="mode",
+            )
+        changed = [
+            letter for letter in dict.fromkeys(letters) if (letter in room.modes) != (sign == "+")
+        ]
+        for letter in changed:
+            if sign == "+":
+                room.modes.add(letter)
+            else:
+                room.modes.discard(letter)
+        if not changed:
+            modes = "".join(sorted(room.modes))
+            self.tell(member, Modes(room=room.name, modes=modes, owner=room.owner), request)
+            return
+        self._save(room)
+        for letter in changed:
+            event = Mode(room=room.name, nick=member.nick, change=sign + letter)
+            self._announce(room, event, member, request)
+
+    def claim(self, member: Member, name: str | None, request: str | None) -> None:
+        room = self._operated(member, name)
+        if member.account is None:
+            raise ProtocolError(
+                ErrorCode.NOT_LOGGED_IN, "Log in first (/register or /login) to claim a room."
+            )
+        if room.owner is not None:
+            raise ProtocolError(
+                ErrorCode.ALREADY_CLAIMED, f"{room.name} belongs to {room.owner} already."
+            )
+        room.owner = member.account
+        locked = "t" not in room.modes
+        room.modes.add("t")  # in a claimed room only operators set the topic, by default
+        self._save(room)
+        event = Mode(room=room.name, nick=member.nick, change="+r", target=member.account)
+        self._announce(room, event, member, request)
+        if locked:
+            self._announce(
+                room, Mode(room=room.name, nick=member.nick, change="+t"), member, request
+            )
+
+    def unclaim(self, member: Member, name: str | None, request: str | None) -> None:
+        room = self._member_room(member, name)
+        if room.owner is None:
+            raise ProtocolError(ErrorCode.NOT_CLAIMED, f"{room.name} is not claimed.")
+        if not member.admin and not (member.account and _owns_room(room, member.account)):
+            raise ProtocolError(
+                ErrorCode.NOT_OPERATOR, f"{room.name} belongs to {room.owner}, not to you."
+            )
+        owner, room.owner = room.owner, None
+        room.roles.clear()
+        self._save(room)
+        event = Mode(room=room.name, nick=member.nick, change="-r", target=owner)
+        self._announce(room, event, member, request)
+
+    # --- server operators ---------------------------------------------------------------------
+
+    def _admin(self, member: Member, command: str) -> None:
+        if not member.admin:
+            raise ProtocolError(
+                ErrorCode.NOT_OPERATOR, f"Only server operators can /{command}.", command=command
+            )
+
+    async def kill(self, member: Member, nick: str, reason: str, request: str | None) -> None:
+        self._admin(member, "kill")
+        text = f"Killed by {member.nick}" + (f": {reason}" if reason else "")
+        target = self.find(nick)
+        if target is not None:
+            target.peer.close(ErrorCode.KILLED, text)
+            shown = target.nick
+        else:
+            remote = await self.backend.locate(nick)
+            if remote is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
+            self.backend.kill(remote, text)
+            shown = remote
+        log.info("kill nick=%s by=%s reason=%r", shown, member.nick, reason)
+        self.tell(member, Notice(text=f"{shown} is disconnected ({text})."), request)
+
+    async def gban(self, member: Member, word: str, reason: str, request: str | None) -> None:
+        self._admin(member, "gban")
+        mask = parse_mask(word) or f"account:{nick_key(validate_nick(word))}"
+        if mask.startswith("nick:"):
+            raise ProtocolError(
+                ErrorCode.BAD_ARGUMENTS,
+                "A server-wide ban is for an account or an address.",
+                command="gban",
+            )
+        ban = Ban(mask, reason, member.nick, time.time())
+        self.store.add_global_ban(ban)
+        log.info("gban mask=%s by=%s reason=%r", mask, member.nick, reason)
+        text = f"Banned from this server by {member.nick}" + (f": {reason}" if reason else "")
+        for target in self.members:
+            if mask in masks_of(target) and not target.admin:
+                target.peer.close(ErrorCode.BANNED, text)
+        self.tell(member, Notice(text=f"{mask} is banned from the server."), request)
+
+    async def ungban(self, member: Member, word: str, request: str | None) -> None:
+        self._admin(member, "ungban")
+        mask = parse_mask(word) or f"account:{nick_key(word)}"
+        if mask not in {ban.mask for ban in await self.store.global_bans()}:
+            raise ProtocolError(ErrorCode.NO_SUCH_BAN, f"No server-wide ban on {word}.")
+        self.store.remove_global_ban(mask)
+        log.info("ungban mask=%s by=%s", mask, member.nick)
+        self.tell(member, Notice(text=f"{mask} may connect again."), request)
+
+    async def _check_gban(self, masks: list[str]) -> None:
+        """Refuse a connection or a login that a server-wide ban matches."""
+        bans = {ban.mask: ban for ban in await self.store.global_bans()}
+        for mask in masks:
+            ban = bans.get(mask)
+            if ban is not None:
+                why = f": {ban.reason}" if ban.reason else ""
+                raise ProtocolError(ErrorCode.BANNED, f"You are banned from this server{why}.")
+
+    async def refused(self, address: str) -> str | None:
+        """Why a connection from ``address`` is refused at once, or None."""
+        try:
+            await self._check_gban([address_mask(address)])
+        except ProtocolError as exc:
+            return exc.message
+        return None
 
     # --- events from other nodes ----------------------------------------------------------
     #
@@ -732,7 +1614,7 @@ class Hub:
                 room = self._room(name)
                 if nick_key(nick) in room.remote:
                     return
-                self.outbox.flush()  # the room's population changes: see _enter
+                self.outbox.settle(room)  # the room's population changes: see _enter
                 room.remote[nick_key(nick)] = nick
                 self._listing_dirty = True
                 if not self._quiet(room):
@@ -743,16 +1625,20 @@ class Hub:
                     return
                 if not self._quiet(left):
                     self.outbox.deliver(left.members, event)
-                self.outbox.flush()
+                self.outbox.settle(left)
                 del left.remote[nick_key(nick)]
+                left.ops.discard(nick_key(nick))
+                left.voiced.discard(nick_key(nick))
                 self._listing_dirty = True
                 self._drop_if_empty(left)
             case Quit(nick=str(nick)):
                 known = [r for r in self._known(rooms) if nick_key(nick) in r.remote]
                 self.outbox.deliver(self._sharing(known, None, quiet_too=False), event)
-                self.outbox.flush()
                 for room in known:
+                    self.outbox.settle(room)
                     del room.remote[nick_key(nick)]
+                    room.ops.discard(nick_key(nick))
+                    room.voiced.discard(nick_key(nick))
                     self._drop_if_empty(room)
                 self._listing_dirty = True
             case Nick(nick=str(old), new_nick=new):
@@ -760,6 +1646,7 @@ class Hub:
                 for room in known:
                     del room.remote[nick_key(old)]
                     room.remote[nick_key(new)] = new
+                    _rekey(room, old, new)
                 self.outbox.deliver(self._sharing(known, None), event)
             case Topic(room=str(name)):
                 titled = self._rooms.get(room_key(name))
@@ -771,6 +1658,80 @@ class Hub:
                 member = self._by_key.get(nick_key(target))
                 if member is not None:
                     self.tell(member, event)
+            case Mode(room=str(name), change=change, target=target):
+                # Applied as the event says. Approximations, until a relayed mode reloads
+                # the room from the store: a mute is kept as the target's nickname mask
+                # (the acting node may have muted their account), and an operator or voice
+                # given to another node's user gives no role in a claimed room here.
+                changed = self._rooms.get(room_key(name))
+                if changed is None or len(change) != 2 or change[0] not in "+-":
+                    return
+                adding, letter, key = change[0] == "+", change[1], nick_key(target)
+                local = self._by_key.get(key)
+                account = local.account if local is not None else None
+                if letter in "ov":
+                    group = changed.ops if letter == "o" else changed.voiced
+                    if adding:
+                        group.add(key)
+                    else:
+                        group.discard(key)
+                    if changed.owner is not None and account is not None:
+                        if adding:
+                            changed.roles[nick_key(account)] = letter
+                        elif changed.roles.get(nick_key(account)) == letter:
+                            del changed.roles[nick_key(account)]
+                elif letter == "b":
+                    if adding:
+                        ban = Ban(target, event.text, event.nick or "", event.ts)
+                        changed.bans[target] = ban
+                        changed.invites.discard(target)
+                    else:
+                        changed.bans.pop(target, None)
+                elif letter == "q":
+                    if adding:
+                        mask = f"nick:{key}"
+                        changed.mutes[mask] = Ban(mask, event.text, event.nick or "", event.ts)
+                    else:
+                        changed.mutes.pop(f"nick:{key}", None)
+                        if account is not None:
+                            changed.mutes.pop(f"account:{nick_key(account)}", None)
+                elif letter == "r":
+                    changed.owner = target if adding else None
+                    if not adding:
+                        changed.roles.clear()
+                elif letter in ROOM_MODES:
+                    if adding:
+                        changed.modes.add(letter)
+                    else:
+                        changed.modes.discard(letter)
+                self.outbox.deliver(changed.members, event)
+                if letter == "r" and not adding:
+                    self._drop_if_empty(changed)
+            case Kick(room=str(name), target=target):
+                kicked_from = self._rooms.get(room_key(name))
+                if kicked_from is None:
+                    return
+                key = nick_key(target)
+                local = self._by_key.get(key)
+                if local is not None and local in kicked_from.members:
+                    self.outbox.deliver(kicked_from.members, event)  # the target included
+                    self._gone(local, kicked_from)
+                elif key in kicked_from.remote:
+                    self.outbox.deliver(kicked_from.members, event)
+                    self.outbox.settle(kicked_from)
+                    del kicked_from.remote[key]
+                    kicked_from.ops.discard(key)
+                    kicked_from.voiced.discard(key)
+                    self._listing_dirty = True
+                    self._drop_if_empty(kicked_from)
+            case Invite(room=str(name), target=target):
+                invited_to = self._rooms.get(room_key(name))
+                local = self._by_key.get(nick_key(target))
+                if invited_to is not None:
+                    invited_to.invites.add(f"nick:{nick_key(target)}")
+                    self.outbox.deliver(invited_to.members, event)
+                if local is not None and (invited_to is None or local not in invited_to.members):
+                    self.tell(local, event)
 
     def _known(self, names: Iterable[str]) -> list[Room]:
         return [room for name in names if (room := self._rooms.get(room_key(name)))]
@@ -829,3 +1790,19 @@ class Hub:
         self._by_activity.pop(room, None)
         if self._last_active is room:
             self._last_active = None
+
+
+def _owns(member: Member, account: str) -> bool:
+    return member.account is not None and nick_key(member.account) == nick_key(account)
+
+
+def _owns_room(room: Room, account: str) -> bool:
+    return room.owner is not None and nick_key(room.owner) == nick_key(account)
+
+
+def _rekey(room: Room, old: str, new: str) -> None:
+    """A member of ``room`` renamed: their standing follows their new nickname."""
+    for group in (room.ops, room.voiced):
+        if nick_key(old) in group:
+            group.discard(nick_key(old))
+            group.add(nick_key(new))

@@ -42,17 +42,27 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REASON_MAX",
     "ROOM_MAX",
+    "ROOM_MODES",
     "TOPIC_MAX",
     "Action",
+    "Away",
+    "BanInfo",
+    "BanList",
     "Bye",
     "Dialect",
     "Error",
     "Event",
     "FrameError",
     "Hello",
+    "Ignores",
+    "Invite",
     "Join",
+    "Kick",
     "LineFramer",
+    "LoggedIn",
     "Message",
+    "Mode",
+    "Modes",
     "Nick",
     "Notice",
     "Part",
@@ -65,6 +75,7 @@ __all__ = [
     "Topic",
     "Welcome",
     "Who",
+    "Whois",
     "char_width",
     "decode_line",
     "nick_key",
@@ -449,9 +460,11 @@ class Hello(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Welcome(Event):
-    """Registration succeeded; ``nick`` is the registered nickname."""
+    """Registration succeeded; ``nick`` is the registered nickname, ``account`` the account
+    logged in with (null for a guest)."""
 
     type: ClassVar[str] = "welcome"
+    account: str | None = None
 
     def as_text(self) -> str:
         return f"*** {self.text}"
@@ -596,19 +609,220 @@ class RoomList(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Who(Event):
-    """Answer to ``/who``: the members of ``room``."""
+    """Answer to ``/who``: the members of ``room``; ``operators`` and ``voiced`` are those of
+    them who operate the room or may speak while it is moderated (text: ``@alice +bob``)."""
 
     type: ClassVar[str] = "who"
     members: tuple[str, ...] = ()
+    operators: tuple[str, ...] = ()
+    voiced: tuple[str, ...] = ()
 
     def as_text(self) -> str:
-        names = ": " + ", ".join(self.members) if self.members else ""
+        ops = {nick_key(n) for n in self.operators}
+        voiced = {nick_key(n) for n in self.voiced}
+        shown = [
+            ("@" if nick_key(n) in ops else "+" if nick_key(n) in voiced else "") + n
+            for n in self.members
+        ]
+        names = ": " + ", ".join(shown) if shown else ""
         return f"{_where(self.room)}*** {len(self.members)} in {self.room}{names}"
 
     def as_dict(self) -> dict[str, Any]:
         data = Event.as_dict(self)
         data["members"] = list(self.members)
+        data["operators"] = list(self.operators)
+        data["voiced"] = list(self.voiced)
         return data
+
+
+# What each room mode change reads as, in text: (+ sentence, - sentence).
+_MODE_TEXT: Final = {
+    "o": ("made {target} an operator of {room}", "took operator status in {room} from {target}"),
+    "v": ("let {target} speak in {room}", "took {target}'s voice in {room}"),
+    "b": ("banned {target} from {room}", "lifted the ban on {target} in {room}"),
+    "q": ("muted {target} in {room}", "unmuted {target} in {room}"),
+    "i": ("made {room} invite-only", "opened {room} to everyone"),
+    "m": ("moderated {room}: only operators and voiced members speak", "unmoderated {room}"),
+    "t": ("let only operators set the topic of {room}", "let everyone set the topic of {room}"),
+    "r": ("claimed {room} for the account {target}", "unclaimed {room}"),
+}
+ROOM_MODES: Final = "imt"  # the modes /mode sets; o v b q r change through their commands
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mode(Event):
+    """``nick`` changed ``room``: ``change`` is one of ``+o -o +v -v +b -b +q -q +i -i +m -m
+    +t -t +r -r`` (operator, voice, ban, mute, invite-only, moderated, topic lock, claimed);
+    ``target`` is the nickname, mask or account concerned; ``text`` the reason, if any.
+    ``nick`` is null when the server itself did it (an owner's operator status on join)."""
+
+    type: ClassVar[str] = "mode"
+    change: str = ""
+    target: str = ""
+
+    def as_text(self) -> str:
+        plus, minus = _MODE_TEXT.get(self.change[1:], ("changed {room}", "changed {room}"))
+        sentence = (plus if self.change.startswith("+") else minus).format(
+            target=self.target, room=self.room
+        )
+        why = f" ({self.text})" if self.text else ""
+        return f"{_where(self.room)}*** {self.nick or 'The server'} {sentence}{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Modes(Event):
+    """Answer to ``/mode`` without a change: the room's modes and who owns it."""
+
+    type: ClassVar[str] = "modes"
+    modes: str = ""
+    owner: str | None = None
+
+    def as_text(self) -> str:
+        modes = f"+{self.modes}" if self.modes else "no modes"
+        owner = f", claimed by {self.owner}" if self.owner else ", not claimed"
+        return f"{_where(self.room)}*** {self.room}: {modes}{owner}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kick(Event):
+    """``nick`` removed ``target`` from ``room``; ``text`` is the reason. Everyone in the
+    room gets it, ``target`` included, who is no longer in the room."""
+
+    type: ClassVar[str] = "kick"
+    target: str = ""
+
+    def as_text(self) -> str:
+        why = f" ({self.text})" if self.text else ""
+        return f"{_where(self.room)}*** {self.nick} removed {self.target} from {self.room}{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invite(Event):
+    """``nick`` invited ``target`` to ``room``: sent to ``target`` and announced in it."""
+
+    type: ClassVar[str] = "invite"
+    target: str = ""
+
+    def as_text(self) -> str:
+        return f"{_where(self.room)}*** {self.nick} invited {self.target} to {self.room}"
+
+
+@dataclass(frozen=True, slots=True)
+class BanInfo:
+    """One entry of ``/bans``: ``kind`` is ``ban`` or ``mute``."""
+
+    mask: str
+    kind: str
+    reason: str
+    by: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BanList(Event):
+    """Answer to ``/bans``: a room's bans and mutes (``room`` null: the server's bans)."""
+
+    type: ClassVar[str] = "bans"
+    bans: tuple[BanInfo, ...] = ()
+
+    def as_text(self) -> str:
+        where = self.room or "the server"
+        if not self.bans:
+            return f"{_where(self.room)}*** No bans or mutes in {where}"
+        lines = [f"{_where(self.room)}*** {len(self.bans)} bans and mutes in {where}:"]
+        for ban in self.bans:
+            why = f": {ban.reason}" if ban.reason else ""
+            lines.append(
+                f"{_where(self.room)}***   {ban.kind} {ban.mask} by {ban.by}, {_when(ban.ts)}{why}"
+            )
+        return "\r\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        data["bans"] = [
+            {"mask": b.mask, "kind": b.kind, "reason": b.reason, "by": b.by, "ts": b.ts}
+            for b in self.bans
+        ]
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Whois(Event):
+    """Answer to ``/whois``: ``nick`` is who was asked about. ``rooms`` are the rooms the
+    asker shares with them or that anyone may see; ``idle`` is seconds since they last
+    said something; ``address`` is shown to server operators only."""
+
+    type: ClassVar[str] = "whois"
+    account: str | None = None
+    rooms: tuple[str, ...] = ()
+    idle: int = 0
+    away: str = ""
+    since: float = 0.0
+    operator: bool = False
+    address: str | None = None
+
+    def as_text(self) -> str:
+        lines = [
+            f"*** {self.nick}"
+            + (f" is logged in as {self.account}" if self.account else " is not logged in")
+        ]
+        if self.operator:
+            lines.append(f"***   {self.nick} is a server operator")
+        lines.append("***   rooms: " + (", ".join(self.rooms) or "none you can see"))
+        lines.append(f"***   idle {self.idle} s, connected since {_when(self.since)}")
+        if self.away:
+            lines.append(f"***   away: {self.away}")
+        if self.address:
+            lines.append(f"***   address: {self.address}")
+        return "\r\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        data["rooms"] = list(self.rooms)
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Away(Event):
+    """``nick`` is away with message ``text`` (empty: back). Sent as the answer to
+    ``/away``, and once to whoever sends an away user a private message."""
+
+    type: ClassVar[str] = "away"
+
+    def as_text(self) -> str:
+        if self.text:
+            return f"*** {self.nick} is away: {self.text}"
+        return f"*** {self.nick} is back"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ignores(Event):
+    """Answer to ``/ignore``, ``/unignore`` and ``/ignores``: everyone you ignore."""
+
+    type: ClassVar[str] = "ignores"
+    nicks: tuple[str, ...] = ()
+
+    def as_text(self) -> str:
+        if not self.nicks:
+            return "*** You ignore nobody"
+        return "*** You ignore: " + ", ".join(self.nicks)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        data["nicks"] = list(self.nicks)
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedIn(Event):
+    """This connection's account: ``account`` is the account now logged in, or null after
+    ``/unregister``. ``nick`` is the connection's nickname."""
+
+    type: ClassVar[str] = "account"
+    account: str | None = None
+
+    def as_text(self) -> str:
+        return f"*** {self.text}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -680,6 +894,15 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         Topic,
         RoomList,
         Who,
+        Mode,
+        Modes,
+        Kick,
+        Invite,
+        BanList,
+        Whois,
+        Away,
+        Ignores,
+        LoggedIn,
         Notice,
         Error,
         Ping,
@@ -815,8 +1038,14 @@ def parse_event(line: str | bytes) -> Event:
                 RoomInfo(room=i["room"], members=i["members"], topic=i["topic"])
                 for i in kwargs.get("rooms", ())
             )
-        elif cls is Who:
-            kwargs["members"] = tuple(kwargs.get("members", ()))
+        elif cls is BanList:
+            kwargs["bans"] = tuple(
+                BanInfo(mask=b["mask"], kind=b["kind"], reason=b["reason"], by=b["by"], ts=b["ts"])
+                for b in kwargs.get("bans", ())
+            )
+        for name, value in kwargs.items():  # JSON arrays are the events' tuples
+            if type(value) is list:
+                kwargs[name] = tuple(value)
         return cls(**kwargs)
     except (TypeError, KeyError, RecursionError) as exc:
         raise ValueError(f"malformed event: {exc}") from None

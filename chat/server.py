@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from chat.accounts import LoginThrottle
 from chat.codecs import JSON, TEXT
 from chat.errors import ErrorCode
 from chat.hub import (
     DEFAULT_ANNOUNCE_LIMIT,
     DEFAULT_HISTORY_BYTES,
+    DEFAULT_MAX_IGNORES,
     DEFAULT_MAX_ROOMS,
     DEFAULT_MAX_TOTAL_ROOMS,
     Backend,
@@ -37,6 +39,8 @@ from chat.hub import (
 )
 from chat.protocol import Bye
 from chat.session import Limits, Session
+from chat.sqlite_store import open_store
+from chat.storage import MemoryStore, Store
 
 if TYPE_CHECKING:
     from chat.cluster import RedisBackend
@@ -64,6 +68,12 @@ class ServerConfig:
     announce_limit: int = DEFAULT_ANNOUNCE_LIMIT
     max_total_rooms: int = DEFAULT_MAX_TOTAL_ROOMS
     history_bytes: int = DEFAULT_HISTORY_BYTES
+    db: str = ":memory:"  # the command line's default is a file (chat.cli.default_db_path)
+    history_keep: int = 10_000
+    admins: tuple[str, ...] = ()
+    login_failures: int = 5
+    account_failures: int = 10
+    max_ignores: int = DEFAULT_MAX_IGNORES
     limits: Limits = field(default_factory=Limits)
     max_clients: int = 10_000
     max_per_ip: int = 16
@@ -140,7 +150,12 @@ class ChatServer:
             announce_limit=config.announce_limit,
             max_total_rooms=config.max_total_rooms,
             history_bytes=config.history_bytes,
+            max_ignores=config.max_ignores,
             backend=backend,
+            throttle=LoginThrottle(
+                per_address=config.login_failures, per_account=config.account_failures
+            ),
+            admins=config.admins,
         )
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
@@ -172,12 +187,13 @@ class ChatServer:
         settings = ClusterSettings(
             url=self.config.redis_url, node_id=self.config.node_id, prefix=self.config.redis_prefix
         )
-        return RedisBackend(settings, history=self.config.history)
+        return RedisBackend(settings, history=self.config.history, keep=self.config.history_keep)
 
     async def start(self) -> None:
         self._tls = self._ssl_context()
         self.max_clients = fit_descriptors(self.config.max_clients)
         asyncio.get_running_loop().set_exception_handler(quiet_when_out_of_descriptors)
+        await self.hub.start(await self._open_store())
         if self.cluster is not None:
             await self.cluster.start(self.hub)
         self._server = await asyncio.start_server(
@@ -193,6 +209,16 @@ class ChatServer:
             ", ".join(self.addresses),
             " (TLS)" if self._tls else "",
         )
+
+    async def _open_store(self) -> Store:
+        """Redis in cluster mode, else the SQLite file (``:memory:``: nothing is kept)."""
+        if self.cluster is not None:
+            return self.cluster.store()
+        if self.config.db == ":memory:":
+            return MemoryStore(keep=self.config.history_keep)
+        store = await open_store(self.config.db, keep=self.config.history_keep)
+        log.info("database %s", self.config.db)
+        return store
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -267,6 +293,10 @@ class ChatServer:
                 _enable_keepalive(sock, self.config.keepalive_idle)
             if self._tls is not None and not await self._handshake(writer, ip):
                 return
+            banned = await self.hub.refused(ip)
+            if banned is not None:
+                await self._refuse(reader, writer, ip, ErrorCode.BANNED, banned)
+                return
             session = Session(reader, writer, self.hub, self.config.limits)
             self._sessions.add(session)
             try:
@@ -340,6 +370,8 @@ class ChatServer:
             await asyncio.wait(set(self._handlers))
         if self._server is not None:
             await self._server.wait_closed()
+        await self.hub.outbox.drain()
+        await self.hub.store.close()
         if self.cluster is not None:
             await self.cluster.close()
         self._closed.set()

@@ -32,6 +32,7 @@ from chat.codecs import JSON, TEXT, Codec, TextCodec, decoder_for
 from chat.commands import (
     HelloCommand,
     HelpCommand,
+    LoginCommand,
     NickCommand,
     PingCommand,
     PongCommand,
@@ -54,6 +55,7 @@ from chat.protocol import (
     Notice,
     Ping,
     Pong,
+    decode_line,
     sniff_foreign,
 )
 
@@ -73,6 +75,11 @@ CONNECTION_COMMANDS: Final = frozenset(
 )
 TELNET_WILL_NAWS: Final = b"\xff\xfb\x1f"
 TELNET_DO_NAWS: Final = b"\xff\xfd\x1f"
+# While a password is typed the server says it will echo, so telnet stops echoing locally
+# (and the server echoes nothing); "won't echo" afterwards gives telnet its echo back.
+TELNET_WILL_ECHO: Final = b"\xff\xfb\x01"
+TELNET_WONT_ECHO: Final = b"\xff\xfc\x01"
+TELNET_DO_ECHO: Final = b"\xff\xfd\x01"
 _NAWS_RE: Final = re.compile(rb"\xff\xfa\x1f((?:\xff\xff|[^\xff]){4})\xff\xf0")
 
 
@@ -136,12 +143,14 @@ class Session:
     """Serve one client from connect to close. Create it, then await :meth:`run`."""
 
     __slots__ = (
+        "_client_echo_off",
         "_closing",
         "_ending",
         "_failed_registrations",
         "_flood",
         "_flood_told",
         "_framer",
+        "_password_for",
         "_ping_outstanding",
         "_queue",
         "_queue_ended",
@@ -153,6 +162,7 @@ class Session:
         "_transport",
         "_writer",
         "_writer_task",
+        "address",
         "close_reason",
         "codec",
         "hub",
@@ -176,6 +186,9 @@ class Session:
         self.close_reason = ""
         peer = writer.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.address = peer[0] if isinstance(peer, tuple) else str(peer)
+        self._password_for: str | None = None  # the registered nickname whose password is next
+        self._client_echo_off = False  # a telnet client agreed to stop echoing
         self.codec: Codec = TEXT
         self._reader = reader
         self._writer = writer
@@ -493,6 +506,9 @@ class Session:
         """Decode one line and carry it out: the chat's commands in the hub, the
         connection's here. A refusal raised on the way is answered, marked with the
         command and request it refuses."""
+        if self._password_for is not None:
+            await self._password_line(raw)
+            return
         registered = self.member is not None
         request: Request | None = None
         try:
@@ -535,7 +551,7 @@ class Session:
                 self.send(Pong(text=token, re=re))
             case WidthCommand(columns=columns):
                 self._set_width(columns, re)
-            case HelloCommand(nick=nick):
+            case HelloCommand(nick=nick, password=password):
                 if self.member is not None:
                     raise ProtocolError(
                         ErrorCode.ALREADY_REGISTERED, "You are registered already.", command="hello"
@@ -550,9 +566,15 @@ class Session:
                         )
                     )
                 if nick is not None:
-                    await self._register(nick, request)
+                    await self._register(nick, request, password)
+                elif password is not None:
+                    raise ProtocolError(
+                        ErrorCode.BAD_ARGUMENTS, "A password goes with a nick.", command="hello"
+                    )
             case NickCommand(nick=nick):
                 await self._register(nick, request)
+            case LoginCommand(nick=nick, password=password):
+                await self._register(nick, request, password)
             case other:
                 raise AssertionError(f"the codec lets only registration commands by: {other}")
 
@@ -574,6 +596,8 @@ class Session:
         """Telnet: accept a client's offer to tell its window size (``IAC WILL NAWS``), and
         wrap at the width it then tells (``IAC SB NAWS w w h h IAC SE``). Nothing is ever
         offered to a client that did not offer first, so nc sees no telnet bytes."""
+        if TELNET_DO_ECHO in data:
+            self._client_echo_off = True
         if TELNET_WILL_NAWS in data and isinstance(self.codec, TextCodec):
             self.push(TELNET_DO_NAWS)
         for found in _NAWS_RE.finditer(data):
@@ -582,11 +606,13 @@ class Session:
             if len(size) == 4 and columns and isinstance(self.codec, TextCodec):
                 self.codec = TextCodec(max(MIN_WIDTH, min(MAX_WIDTH, columns)))
 
-    async def _register(self, nick: str, request: Request) -> None:
+    async def _register(self, nick: str, request: Request, password: str | None = None) -> None:
         try:
-            self.member = await self.hub.register(self, nick, request.id)
+            self.member = await self.hub.register(self, nick, request.id, password)
         except ProtocolError as exc:
-            self._failed_registrations += 1
+            asking = isinstance(self.codec, TextCodec) and exc.code in _ASK_PASSWORD
+            if exc.code is not ErrorCode.NICK_REGISTERED:
+                self._failed_registrations += 1
             if self._failed_registrations >= MAX_REGISTRATION_ATTEMPTS:
                 self.send(
                     Error(code=exc.code, text=exc.message, command=request.name, re=request.id)
@@ -596,11 +622,53 @@ class Session:
                     f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
                 )
                 return
-            raise
+            if not asking:
+                raise
+            if exc.code is not ErrorCode.NICK_REGISTERED:
+                self.send(Error(code=exc.code, text=exc.message, command=request.name))
+            self._ask_password(nick)
+            return
         log.info(
-            "register conn=%d peer=%s nick=%s dialect=%s",
+            "register conn=%d peer=%s nick=%s account=%s dialect=%s",
             self.id,
             self.peer_address,
             self.member.nick,
+            self.member.account or "-",
             self.codec.name,
         )
+
+    def _ask_password(self, nick: str) -> None:
+        """A person typed a registered nickname: the next line is its password, which
+        telnet is asked not to echo."""
+        self._password_for = nick
+        self.send(
+            Notice(
+                text=f"{nick} is registered: type its password "
+                "(or just Enter to choose another nickname)."
+            )
+        )
+        self.hub.outbox.then(lambda: self.push(TELNET_WILL_ECHO))
+
+    async def _password_line(self, raw: bytes) -> None:
+        """The line after a registered nickname: its password (never logged or echoed)."""
+        nick, self._password_for = self._password_for, None
+        assert nick is not None
+        if self._client_echo_off:  # telnet: its echo back, and the Enter it did not echo
+            self._client_echo_off = False
+            self.push(TELNET_WONT_ECHO + b"\r\n")
+        password = decode_line(raw).strip()
+        if not password:
+            self.send(Notice(text=NICK_PROMPT))
+            return
+        request = Request(LoginCommand(nick, password))
+        try:
+            await self._register(nick, request, password)
+        except ProtocolError as exc:
+            exc.command = exc.command or "login"
+            self._refused(exc)
+
+
+# Refusals after which a person at a terminal is asked for a password (again).
+_ASK_PASSWORD: Final = frozenset(
+    {ErrorCode.NICK_REGISTERED, ErrorCode.WRONG_PASSWORD, ErrorCode.LOGIN_THROTTLED}
+)

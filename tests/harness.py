@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from chat.protocol import DEFAULT_WIDTH, Event, parse_event, unwrap, wrap_line
+from chat.protocol import DEFAULT_WIDTH, Event, nick_key, parse_event, unwrap, wrap_line
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
 
@@ -560,7 +560,13 @@ def text_lines(kind: str, **fields: Any) -> list[Expected]:
                 lines = [f"{where}*** No topic is set"]
         case "who":
             members = f.pop("members")
-            names = ": " + ", ".join(members) if members else ""
+            ops = {nick_key(n) for n in f.pop("operators", ())}
+            voiced = {nick_key(n) for n in f.pop("voiced", ())}
+            shown = [
+                ("@" if nick_key(n) in ops else "+" if nick_key(n) in voiced else "") + n
+                for n in members
+            ]
+            names = ": " + ", ".join(shown) if shown else ""
             lines = [f"{where}*** {len(members)} in {room}{names}"]
         case "rooms":  # one page: rooms[offset:] of total
             rooms, offset = f.pop("rooms"), f.pop("offset", 0)

@@ -37,6 +37,7 @@ from chat.protocol import (
 class Peer:
     received: list[Event] = field(default_factory=list)
     busy: bool = False
+    address: str = "127.0.0.1"
 
     @property
     def codec(self) -> Codec:

@@ -44,7 +44,14 @@ POOL: dict[Kind, tuple[str | None, ...]] = {
     Kind.TOPIC: ("new topic", "", None),
     Kind.OFFSET: ("+100", "+x", None),
     Kind.NUMBER: ("120", "wide", None),
+    Kind.WORD: ("+m", "account:bob", None),
+    Kind.SECRET: ("hunter2", "correct horse battery", None),
 }
+
+# Kinds typed as one word (a last password takes the rest of the line).
+ONE_WORD = frozenset(
+    {Kind.ROOM, Kind.NICK, Kind.NAME, Kind.OFFSET, Kind.NUMBER, Kind.WORD, Kind.SECRET}
+)
 
 Outcome = tuple[str, Any]
 
@@ -75,6 +82,12 @@ def text_form(spec: CommandSpec, values: dict[str, str | None]) -> str | None:
             return None  # text may follow: a room there needs its '#'
         if param.kind is Kind.TOPIC and not value:
             value = TOPIC_CLEAR
+        if (
+            param.kind in ONE_WORD
+            and " " in value
+            and (index < last or param.kind is not Kind.SECRET)
+        ):
+            return None  # several words where one is read
         words.append(value)
     return " ".join([f"/{spec.name}", *words])
 

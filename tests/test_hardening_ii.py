@@ -283,6 +283,7 @@ class SilentPeer:
 
     codec = JSON
     busy = False
+    address = "127.0.0.1"
 
     def __init__(self) -> None:
         self.last = b""
@@ -301,13 +302,13 @@ async def test_rooms_answers_are_bounded_filtered_paged_and_cached() -> None:
     peer = SilentPeer()
     member = await hub.register(peer, "lister")
     for number in range(10_240):
-        hub.join(member, f"#room{number}")
+        await hub.join(member, f"#room{number}")
         hub.topic(member, None, f"topic {number} " + "t" * 280)
-    hub.outbox.flush()
+    await hub.outbox.drain()
 
     async def ask(offset: int = 0, match: str | None = None) -> dict[str, Any]:
         await hub.execute(member, Request(RoomsCommand(offset, match), "r"))
-        hub.outbox.flush()
+        await hub.outbox.drain()
         answer: dict[str, Any] = json.loads(peer.last)
         assert answer["re"] == "r"
         return answer

@@ -2,14 +2,17 @@
 
 Every test drives :class:`chat.hub.Hub` directly and reads what each fake peer received,
 decoded back into typed events with :func:`chat.protocol.parse_event`. The hub delivers
-through its :class:`~chat.hub.Outbox`, which flushes once per event-loop iteration; the
-tests call ``hub.outbox.flush()`` (through :meth:`User.take`) where a server would reach the
-next iteration, so whatever a test does between two takes happens within one iteration.
+through its :class:`~chat.hub.Outbox`, which delivers once per event-loop iteration; the
+tests call :func:`flush` (through :meth:`User.take`) where a server would reach the next
+iteration, so whatever a test does between two takes happens within one iteration. The
+hub's store is the default :class:`~chat.storage.MemoryStore`, never dirty, so nothing
+waits for a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
@@ -57,6 +60,7 @@ class FakePeer:
 
     def __init__(self, codec: Codec = JSON) -> None:
         self.codec = codec
+        self.address = "127.0.0.1"
         self.busy = False  # set to play a client that is falling behind
         self.pushes: list[bytes] = []
         self.closed: list[tuple[ErrorCode, str]] = []
@@ -93,7 +97,7 @@ class User:
 
     def take_pushes(self) -> list[bytes]:
         """Flush the hub's outbox; the pushes this user received since the last take."""
-        self.hub.outbox.flush()
+        flush(self.hub)
         return self.peer.drain()
 
     async def do(self, command: Command, request: str | None = None) -> None:
@@ -108,16 +112,21 @@ async def connect(
     peer = FakePeer(codec)
     user = User(hub, await hub.register(peer, nick), peer)
     for room in rooms:
-        hub.join(user.member, room)
+        await hub.join(user.member, room)
     if not lobby:
         hub.part(user.member, LOBBY, "")
     settle(hub)
     return user
 
 
+def flush(hub: Hub) -> None:
+    """Deliver everything pending, as the next loop iteration does."""
+    hub.outbox.flush(sys.maxsize)
+
+
 def settle(hub: Hub) -> None:
     """Flush the outbox and forget what every member has received so far."""
-    hub.outbox.flush()
+    flush(hub)
     for member in hub.members:
         assert isinstance(member.peer, FakePeer)
         member.peer.drain()
@@ -365,12 +374,12 @@ async def test_a_joiner_gets_join_topic_who_then_history(hub: Hub) -> None:
     hub.say(alice.member, None, "meow")
     bob = await connect(hub, "bob")
 
-    hub.join(bob.member, "#a")
+    await hub.join(bob.member, "#a")
 
     assert lines(bob.take()) == [
         "[#a] *** bob joined #a",
         "[#a] *** Topic: cats",
-        "[#a] *** 2 in #a: alice, bob",
+        "[#a] *** 2 in #a: @alice, bob",  # alice came to the empty room first: its operator
         "(history) [#a] <alice> meow",
     ]
 
@@ -384,12 +393,12 @@ async def test_a_joiner_receives_exactly_what_is_said_after_its_join(hub: Hub) -
     bob = await connect(hub, "bob")
 
     hub.say(alice.member, "#a", "before")
-    hub.join(bob.member, "#a")
+    await hub.join(bob.member, "#a")
     hub.say(alice.member, "#a", "after")
 
     assert lines(bob.take()) == [
         "[#a] *** bob joined #a",
-        "[#a] *** 3 in #a: alice, bob, carol",
+        "[#a] *** 3 in #a: @alice, bob, carol",
         "(history) [#a] <alice> before",
         "[#a] <alice> after",
     ]
@@ -525,7 +534,7 @@ async def test_then_runs_after_what_was_queued_before_it_and_before_what_comes_a
     hub.outbox.then(lambda: seen_by_action.extend(bob.peer.drain()))
     hub.say(alice.member, "#a", "two")
     hub.tell(bob.member, Notice(text="after"))
-    hub.outbox.flush()
+    flush(hub)
 
     assert lines(decode(seen_by_action)) == ["[#a] <alice> one", "*** before"]
     assert lines(bob.take()) == ["[#a] <alice> two", "*** after"]
@@ -539,7 +548,7 @@ async def test_then_between_two_says_splits_the_batch(hub: Hub) -> None:
     hub.say(alice.member, "#a", "one")
     hub.outbox.then(lambda: seen_by_action.extend(bob.peer.drain()))
     hub.say(alice.member, "#a", "two")
-    hub.outbox.flush()
+    flush(hub)
 
     assert lines(decode(seen_by_action)) == ["[#a] <alice> one"]
     assert lines(decode(bob.take_pushes())) == ["[#a] <alice> two"]
@@ -552,12 +561,12 @@ async def test_a_quiet_room_does_not_announce_joins_and_parts() -> None:
     hub = Hub(announce_limit=2)
     alice = await connect(hub, "alice", "#big", lobby=False)
     bob = await connect(hub, "bob", lobby=False)
-    hub.join(bob.member, "#big")
+    await hub.join(bob.member, "#big")
     assert lines(alice.take()) == ["[#big] *** bob joined #big"]  # 2 is not above the limit
     bob.take()
     carol = await connect(hub, "carol", lobby=False)
 
-    hub.join(carol.member, "#big")
+    await hub.join(carol.member, "#big")
 
     assert lines(carol.take()) == [
         "[#big] *** carol joined #big",
@@ -605,7 +614,7 @@ async def test_join_replays_history_with_original_ids_and_times(history: int) ->
     live = alice.take()
     bob = await connect(hub, "bob")
 
-    hub.join(bob.member, "#a")
+    await hub.join(bob.member, "#a")
 
     replay = bob.take()[2:]  # after its join and the who list
     kept = live[max(len(live) - history, 0) :] if history else []
@@ -784,7 +793,7 @@ async def test_a_relayed_message_reaches_local_members_and_history(
     assert alice.take() == [said]
     assert carol.take() == []
     assert "#nowhere" not in listing(carol)
-    hub.join(carol.member, "#a")
+    await hub.join(carol.member, "#a")
     assert carol.take()[-1] == replayed(said)
 
 

@@ -28,6 +28,7 @@ from chat.commands import (
     HelloCommand,
     HelpCommand,
     JoinCommand,
+    Kind,
     MeCommand,
     MsgCommand,
     NickCommand,
@@ -51,15 +52,23 @@ from chat.protocol import (
     REASON_MAX,
     ROOM_MAX,
     Action,
+    BanInfo,
+    BanList,
     Bye,
     Dialect,
     Error,
     Event,
     FrameError,
     Hello,
+    Ignores,
+    Invite,
     Join,
+    Kick,
     LineFramer,
+    LoggedIn,
     Message,
+    Mode,
+    Modes,
     Nick,
     Notice,
     Part,
@@ -72,6 +81,7 @@ from chat.protocol import (
     Topic,
     Welcome,
     Who,
+    Whois,
     char_width,
     decode_line,
     nick_key,
@@ -1008,8 +1018,15 @@ def test_every_command_is_parsed_by_the_text_dialect() -> None:
         "say": "x",
         "width": "100",
     }
-    for name in COMMANDS:
-        line = f"/{name} {minimal_args.get(name, '')}".rstrip()
+    # Any other required parameter: one valid word of its kind.
+    sample = {Kind.NICK: "bob", Kind.WORD: "bob", Kind.SECRET: "hunter2", Kind.TEXT: "x"}
+    for spec in COMMAND_TABLE:
+        if not spec.typed:
+            continue
+        args = minimal_args.get(spec.name)
+        if args is None:
+            args = " ".join(sample[p.kind] for p in spec.params if p.required)
+        line = f"/{spec.name} {args}".rstrip()
         assert parse_text_command(line) is not None, line
 
 
@@ -1448,14 +1465,19 @@ def event_strategy(
 ) -> SearchStrategy[Event]:
     """Any instance of ``cls``; extra fields come from EXTRA_FIELDS."""
     maybe = st.none() | text
-    extra = extra_fields(text).get(cls, {})
+    extra = extra_fields(text, ts).get(cls, {})
     return st.builds(cls, id=text, ts=ts, room=maybe, nick=maybe, text=text, re=maybe, **extra)
 
 
-def extra_fields(text: SearchStrategy[str]) -> dict[type[Event], dict[str, SearchStrategy[Any]]]:
+def extra_fields(
+    text: SearchStrategy[str], ts: SearchStrategy[float]
+) -> dict[type[Event], dict[str, SearchStrategy[Any]]]:
     codes = st.sampled_from(list(ErrorCode)) | text
+    maybe = st.none() | text
+    names = st.lists(text, max_size=8).map(tuple)
     return {
         Hello: {"version": st.integers(min_value=0, max_value=10**6), "server": text},
+        Welcome: {"account": maybe},
         Message: {"history": st.booleans()},
         Action: {"history": st.booleans()},
         Private: {"target": text, "echo": st.booleans()},
@@ -1473,7 +1495,28 @@ def extra_fields(text: SearchStrategy[str]) -> dict[type[Event], dict[str, Searc
             "total": st.integers(min_value=0, max_value=10**6),
             "offset": st.integers(min_value=0, max_value=10**6),
         },
-        Who: {"members": st.lists(text, max_size=8).map(tuple)},
+        Who: {"members": names, "operators": names, "voiced": names},
+        Mode: {"change": text, "target": text},
+        Modes: {"modes": text, "owner": maybe},
+        Kick: {"target": text},
+        Invite: {"target": text},
+        BanList: {
+            "bans": st.lists(
+                st.builds(BanInfo, mask=text, kind=text, reason=text, by=text, ts=ts),
+                max_size=5,
+            ).map(tuple)
+        },
+        Whois: {
+            "account": maybe,
+            "rooms": names,
+            "idle": st.integers(min_value=0, max_value=10**9),
+            "away": text,
+            "since": ts,
+            "operator": st.booleans(),
+            "address": maybe,
+        },
+        Ignores: {"nicks": names},
+        LoggedIn: {"account": maybe},
         Error: {"code": codes, "command": st.none() | text},
         Bye: {"code": codes},
     }
@@ -1493,7 +1536,7 @@ def test_event_strategies_cover_every_field(cls: type[Event]) -> None:
     """A new event field without a strategy would silently go untested: catch it here."""
     declared = {f.name for f in fields(cls)}
     assert declared >= BASE_FIELDS
-    assert declared - BASE_FIELDS == set(extra_fields(ANY_TEXT).get(cls, {}))
+    assert declared - BASE_FIELDS == set(extra_fields(ANY_TEXT, ANY_TS).get(cls, {}))
     assert EVENT_TYPES[cls.type] is cls
 
 
@@ -1501,6 +1544,7 @@ def test_event_types_are_all_listed() -> None:
     assert set(EVENT_TYPES) == {
         "hello", "welcome", "message", "action", "private", "join", "part", "quit", "nick",
         "topic", "rooms", "who", "notice", "error", "ping", "pong", "bye",
+        "mode", "modes", "kick", "invite", "bans", "whois", "away", "ignores", "account",
     }  # fmt: skip
 
 
@@ -1723,6 +1767,15 @@ def far_timezone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ),
         (Who(room="#dev", members=("alice", "bob")), "[#dev] *** 2 in #dev: alice, bob"),
         (Who(room="#dev", members=("alice",)), "[#dev] *** 1 in #dev: alice"),
+        (
+            Who(
+                room="#dev",
+                members=("alice", "bob", "carol"),
+                operators=("ALICE",),
+                voiced=("bob",),
+            ),
+            "[#dev] *** 3 in #dev: @alice, +bob, carol",
+        ),
         (Notice(text="hi"), "*** hi"),
         (Notice(text="one\ntwo"), "*** one\r\n*** two"),
         (Notice(room="#dev", text="one\ntwo"), "[#dev] *** one\r\n[#dev] *** two"),
@@ -1781,7 +1834,7 @@ def test_text_rendering_is_readable_lines(cls: type[Event], data: st.DataObject)
         assert "\n" not in line
         assert not has_unsafe(line)
         assert line.splitlines() == ([line] if line else [])
-    if cls is not RoomList:
+    if cls not in (RoomList, BanList, Whois):  # the lists and /whois take several lines
         assert len(lines) == 1
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from chat.cli import default_db_path
 from chat.commands import COMMANDS, lookup
 from chat.protocol import Event
 from chat.server import ChatServer, ServerConfig
@@ -321,14 +322,14 @@ async def test_join(chat: ChatServer, dialect: Dialect) -> None:
 
     await alice.send("join", room="#dev")
     await alice.next_is("join", room="#dev", nick="alice")
-    await alice.next_is("who", room="#dev", members=["alice"])
+    await alice.next_is("who", room="#dev", members=["alice"], operators=["alice"])
     await alice.send("say", text="anyone here?")  # the active room is now #dev
     await alice.next_is("message", room="#dev", nick="alice", text="anyone here?")
 
     # Typed command names are case-insensitive; the '#' is optional.
     await bob.send_as(text="/JOIN dev", json={"type": "join", "room": "dev"})
     await bob.next_is("join", room="#dev", nick="bob")
-    await bob.next_is("who", room="#dev", members=["alice", "bob"])
+    await bob.next_is("who", room="#dev", members=["alice", "bob"], operators=["alice"])
     await bob.next_is("message", room="#dev", nick="alice", text="anyone here?", history=True)
     await alice.next_is("join", room="#dev", nick="bob")
 
@@ -346,7 +347,7 @@ async def test_join(chat: ChatServer, dialect: Dialect) -> None:
     longest = "#" + "y" * 31
     await alice.send("join", room=longest)
     await alice.next_is("join", room=longest, nick="alice")
-    await alice.next_is("who", room=longest, members=["alice"])
+    await alice.next_is("who", room=longest, members=["alice"], operators=["alice"])
     await alice.send("ping", token="ok")
     await alice.next_is("pong", text="ok")
     await alice.close()
@@ -357,7 +358,7 @@ async def test_join_too_many_rooms(start_server: StartServer) -> None:
     server = await start_server(max_per_ip=0, rate=0, max_rooms=2)
     alice = await LineClient.connect(server.port, "alice")
     await alice.send("/join #a")
-    await alice.until("[#a] *** 1 in #a: alice")
+    await alice.until("[#a] *** 1 in #a: @alice")
     await alice.send("/join #b")
     await alice.next_is("!!! You are in 2 rooms already; /part one first.")
     await alice.send("/join #lobby")  # switching to a joined room is no new room
@@ -380,7 +381,7 @@ async def test_messages_to_several_rooms_keep_their_order(chat: ChatServer) -> N
             await client.call({"type": "join", "room": room}, "who", room=room)
     for room in ("#a", "#b"):
         await dave.send(f"/join {room}")
-        await dave.until(f"[{room}] *** 3 in {room}: alice, carol, dave")
+        await dave.until(f"[{room}] *** 3 in {room}: @alice, carol, dave")
     await alice.expect("join", room="#b", nick="dave")
     await carol.expect("join", room="#b", nick="dave")
 
@@ -409,9 +410,9 @@ async def test_part(chat: ChatServer, dialect: Dialect) -> None:
     bob = await dialect.user(chat.port, "bob")
     await alice.until("join", room="#lobby", nick="bob")
     await bob.send("join", room="#dev")
-    await bob.until("who", room="#dev", members=["bob"])
+    await bob.until("who", room="#dev", members=["bob"], operators=["bob"])
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice", "bob"])
+    await alice.until("who", room="#dev", members=["alice", "bob"], operators=["bob"])
     await bob.until("join", room="#dev", nick="alice")
 
     await alice.send("part", room="#dev", reason="see you later")
@@ -439,7 +440,7 @@ async def test_part(chat: ChatServer, dialect: Dialect) -> None:
         ],
     )
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice", "bob"])
+    await alice.until("who", room="#dev", members=["alice", "bob"], operators=["bob"])
     await alice.send("part", room="#dev", reason="r" * 250)  # reasons are cut to 200 characters
     await bob.until("part", room="#dev", nick="alice", text="r" * 200)
     await alice.until("notice", room="#lobby", text=NOW_IN_LOBBY)
@@ -450,9 +451,9 @@ async def test_part(chat: ChatServer, dialect: Dialect) -> None:
 
     # Parting a room that is not the active one leaves the active room alone.
     await alice.send("join", room="#a")
-    await alice.until("who", room="#a", members=["alice"])
+    await alice.until("who", room="#a", members=["alice"], operators=["alice"])
     await alice.send("join", room="#b")
-    await alice.until("who", room="#b", members=["alice"])
+    await alice.until("who", room="#b", members=["alice"], operators=["alice"])
     await alice.send("part", room="#a")
     await alice.next_is("part", room="#a", nick="alice", text="")
     await alice.send("say", text="in b")
@@ -489,7 +490,7 @@ async def test_rooms(chat: ChatServer, dialect: Dialect) -> None:
     alice = await dialect.user(chat.port, "alice")
     bob = await dialect.user(chat.port, "bob")
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice"])
+    await alice.until("who", room="#dev", members=["alice"], operators=["alice"])
     await alice.send("topic", text="Dev talk")
     await alice.next_is("topic", room="#dev", nick="alice", text="Dev talk")
 
@@ -504,7 +505,7 @@ async def test_rooms(chat: ChatServer, dialect: Dialect) -> None:
         offset=0,
     )
     await bob.send("join", room="#dev")
-    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await bob.until("who", room="#dev", members=["alice", "bob"], operators=["alice"])
     await bob.send_as(text="/list", json={"type": "rooms"})  # /list is an alias
     await bob.next_is(
         "rooms",
@@ -538,11 +539,11 @@ async def test_who(chat: ChatServer, dialect: Dialect) -> None:
     await alice.send("who")
     await alice.next_is("who", room="#lobby", members=["alice", "bob"])
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice"])
+    await alice.until("who", room="#dev", members=["alice"], operators=["alice"])
     await bob.send("who", room="#dev")  # a room bob is not in
-    await bob.next_is("who", room="#dev", members=["alice"])
+    await bob.next_is("who", room="#dev", members=["alice"], operators=["alice"])
     await bob.send_as(text="/names #DEV", json={"type": "who", "room": "#DEV"})
-    await bob.next_is("who", room="#dev", members=["alice"])
+    await bob.next_is("who", room="#dev", members=["alice"], operators=["alice"])
     await refused(
         bob,
         [
@@ -570,9 +571,9 @@ async def test_topic(chat: ChatServer, dialect: Dialect) -> None:
     await alice.send("topic")
     await alice.until("topic", room="#lobby", nick=None, text="")
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice"])
+    await alice.until("who", room="#dev", members=["alice"], operators=["alice"])
     await bob.send("join", room="#dev")
-    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await bob.until("who", room="#dev", members=["alice", "bob"], operators=["alice"])
     await alice.until("join", room="#dev", nick="bob")
 
     await alice.send("topic", text="Release on Friday")
@@ -620,7 +621,7 @@ async def test_topic(chat: ChatServer, dialect: Dialect) -> None:
     await carol.send("join", room="#dev")
     await carol.next_is("join", room="#dev", nick="carol")
     await carol.next_is("topic", room="#dev", nick=None, text="Release on Monday")
-    await carol.next_is("who", room="#dev", members=["alice", "bob", "carol"])
+    await carol.next_is("who", room="#dev", members=["alice", "bob", "carol"], operators=["alice"])
     # Members of other rooms only were never told about #dev's topic: carol saw nothing
     # before her own join (checked by next_is above, since she read every event in order).
     await alice.next_is("join", room="#dev", nick="carol")
@@ -771,12 +772,12 @@ async def test_nick(chat: ChatServer, dialect: Dialect) -> None:
     dave = await dialect.user(chat.port, "dave")
     # alice and bob share #lobby and #dev; carol shares only #lobby; dave shares nothing.
     await alice.send("join", room="#dev")
-    await alice.until("who", room="#dev", members=["alice"])
+    await alice.until("who", room="#dev", members=["alice"], operators=["alice"])
     await bob.send("join", room="#dev")
-    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await bob.until("who", room="#dev", members=["alice", "bob"], operators=["alice"])
     await alice.until("join", room="#dev", nick="bob")
     await dave.send("join", room="#other")
-    await dave.until("who", room="#other", members=["dave"])
+    await dave.until("who", room="#other", members=["dave"], operators=["dave"])
     await dave.send("part", room="#lobby")
     await dave.until("part", room="#lobby", nick="dave", text="")
     for client in (alice, bob, carol):
@@ -796,7 +797,7 @@ async def test_nick(chat: ChatServer, dialect: Dialect) -> None:
         await client.next_is("message", **said)
     await alice.send("join", room="#other")
     await alice.next_is("join", room="#other", nick="alicia")
-    await alice.next_is("who", room="#other", members=["alicia", "dave"])
+    await alice.next_is("who", room="#other", members=["alicia", "dave"], operators=["dave"])
     seen = await dave.until("join", room="#other", nick="alicia")
     assert len(seen) == 1, seen  # dave, who shared no room, was not told of the rename
 
@@ -805,7 +806,7 @@ async def test_nick(chat: ChatServer, dialect: Dialect) -> None:
     await alice.next_is("nick", room=None, nick="alicia", new_nick="Alicia")
     await bob.next_is("nick", room=None, nick="alicia", new_nick="Alicia")
     await bob.send("who", room="#dev")
-    await bob.next_is("who", room="#dev", members=["Alicia", "bob"])
+    await bob.next_is("who", room="#dev", members=["Alicia", "bob"], operators=["Alicia"])
 
     await refused(alice, NICK_REFUSALS)
 
@@ -825,9 +826,9 @@ async def test_quit(chat: ChatServer, dialect: Dialect) -> None:
     bob = await dialect.user(chat.port, "bob")
     carol = await TEXT.user(chat.port, "carol")  # a person watches in both cases
     await alice.send("join", room="#dev")  # alice and bob share two rooms
-    await alice.until("who", room="#dev", members=["alice"])
+    await alice.until("who", room="#dev", members=["alice"], operators=["alice"])
     await bob.send("join", room="#dev")
-    await bob.until("who", room="#dev", members=["alice", "bob"])
+    await bob.until("who", room="#dev", members=["alice", "bob"], operators=["alice"])
     await alice.until("join", room="#dev", nick="bob")
     await alice.send("quit", reason="gone fishing")
     await alice.next_is("bye", code="quit", text="Goodbye.")
@@ -989,7 +990,7 @@ async def test_room_message_reaches_exactly_its_members(chat: ChatServer) -> Non
     await carol.call({"type": "join", "room": "#other"}, "who", room="#other")
     await carol.call({"type": "part", "room": "#lobby"}, "part", nick="carol")
     await bob.send("/join #dev")
-    await bob.until("[#dev] *** 1 in #dev: bob")
+    await bob.until("[#dev] *** 1 in #dev: @bob")
     await alice.call({"type": "join", "room": "#dev"}, "who", room="#dev")
     await alice.call({"type": "join", "room": "#other"}, "who", room="#other")
     await carol.expect("join", room="#other", nick="alice")
@@ -1116,7 +1117,7 @@ async def test_history_replays_last_messages_with_original_timestamps(
 
     await say("m1")
     await bob.send("/join #h")  # join/part noise must not be replayed
-    await bob.until("[#h] *** 2 in #h: alice, bob")
+    await bob.until("[#h] *** 2 in #h: @alice, bob")
     await say("m2")
     await bob.send("/part #h")
     await bob.until("[#h] *** bob left #h")
@@ -1130,7 +1131,7 @@ async def test_history_replays_last_messages_with_original_timestamps(
     await carol.send({"type": "join", "room": "#h"})
     await carol.next_is("join", room="#h", nick="carol")
     await carol.next_is("topic", room="#h", nick=None, text="History")
-    await carol.next_is("who", room="#h", members=("alice", "carol"))
+    await carol.next_is("who", room="#h", members=("alice", "carol"), operators=("alice",))
     replayed = [await carol.event() for _ in range(3)]
     await say("m5")
     await carol.next_is("message", room="#h", nick="alice", text="m5", history=False)
@@ -1153,7 +1154,7 @@ async def test_history_replays_last_messages_with_original_timestamps(
     await dave.next_is(
         "[#h] *** dave joined #h",
         "[#h] *** Topic: History",
-        "[#h] *** 3 in #h: alice, carol, dave",
+        "[#h] *** 3 in #h: @alice, carol, dave",
         f"[#h] (history {utc_minute(live['m3'].ts)}) * alice m3",
         f"[#h] (history {utc_minute(live['m4'].ts)}) <alice> m4",
         f"[#h] (history {utc_minute(live['m5'].ts)}) <alice> m5",
@@ -1209,7 +1210,7 @@ async def test_history_zero_turns_history_off(start_server: StartServer) -> None
     await alice.send("marker 1")
     await bob.next_is("[#lobby] <alice> marker 1")
     await bob.send("/join #h")
-    await bob.next_is("[#h] *** bob joined #h", "[#h] *** 2 in #h: alice, bob")
+    await bob.next_is("[#h] *** bob joined #h", "[#h] *** 2 in #h: @alice, bob")
     await alice.send("/join #h")
     await alice.send("marker 2")
     await bob.next_is("[#h] <alice> marker 2")
@@ -1459,7 +1460,14 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--workers": "1",
         "--node-id": "host-pid-random",
         "--redis-prefix": config.redis_prefix,
+        "--db": default_db_path(),  # a file in the XDG state directory (ServerConfig: :memory:)
+        "--history-keep": str(config.history_keep),
+        "--admin": "none",  # --admin is repeatable
+        "--login-failures": str(config.login_failures),
+        "--account-failures": str(config.account_failures),
+        "--max-ignores": str(config.max_ignores),
     }
+    assert config.admins == ()
     blocks = help_blocks()
     assert set(expected) | {"-h", "--version", "--tls-cert", "--tls-key"} == set(blocks)
     for option, default in expected.items():

@@ -156,10 +156,10 @@ async def test_completion_offers_nicknames_and_commands(server: ChatServer) -> N
         term.type("see /wh\t")  # commands only at the start of a line
         await eventually(lambda: buffer.text == "bob: see /wh")
         buffer.reset()
-        term.type("/p\t")  # two candidates: the menu opens, Tab walks it
+        term.type("/p\t")  # several candidates: the menu opens, Tab walks it
         await eventually(lambda: buffer.complete_state is not None)
         names = [c.text for c in buffer.complete_state.completions] if buffer.complete_state else []
-        assert names == ["/part ", "/ping "]
+        assert names == ["/part ", "/password ", "/ping "]
         buffer.reset()
     await bob.close()
 
@@ -341,7 +341,7 @@ def test_completer_commands_nicknames_and_rooms() -> None:
     assert "/quit " in completions(state, "/")
     assert "/clear " in completions(state, "/cl")  # local commands too
     assert completions(state, "/que") == ["/query "]  # aliases, from chat.commands.COMMANDS
-    assert completions(state, "/h") == ["/help "]  # not "hello": it is for programs
+    assert completions(state, "/h") == ["/help ", "/history "]  # not "hello": it is for programs
     assert completions(state, "/help to") == ["topic"]
     assert completions(state, "da") == ["dave: "]  # addressing someone: "nick: "
     assert completions(state, "hi b") == ["bob ", "Bea "]  # case-insensitive

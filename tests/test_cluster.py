@@ -1545,3 +1545,181 @@ async def test_workers_share_one_port_and_one_chat(
         ], (user.nick, tail)
     assert await parent.wait(15) == 0, parent.log
     assert sum("stopped" in line for line in parent.log) == 2, parent.log
+
+
+# --- accounts and moderation across nodes -------------------------------------------------
+
+PASSWORD = "correct-horse-1"
+
+
+async def request(user: User, command: dict[str, Any]) -> Event:
+    """Send ``command`` with a request id; the first event answering it (maybe an error)."""
+    rid = f"r{len(user.events)}-{uuid.uuid4().hex[:6]}"
+    await user.send({**command, "id": rid})
+    return await user.first(answer_to(rid))
+
+
+async def ok(user: User, command: dict[str, Any]) -> Event:
+    """:func:`request`, which must not be refused."""
+    event = await request(user, command)
+    assert event.type != "error", event
+    return event
+
+
+async def shared(users: Iterable[User], room: str) -> None:
+    """Every user joins ``room``, and every node sees all of them there."""
+    users = list(users)
+    for user in users:
+        await user.join(room)
+    await settle(users, room)
+
+
+async def test_a_ban_on_one_node_keeps_a_user_of_another_out(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await alice.join("#mod")  # the creator operates it
+    await ok(alice, {"type": "ban", "room": "#mod", "mask": "bob", "reason": "spam"})
+    refused = await request(bob, {"type": "join", "room": "#mod"})
+    assert refused.type == "error", refused
+    assert refused.code == "banned", refused  # type: ignore[attr-defined]
+    # In the room while banned on the other node: kicked out, and kept out.
+    carol = await cluster.user(b, "carol")
+    await shared([alice, carol], "#mod2")
+    await ok(alice, {"type": "ban", "room": "#mod2", "mask": "carol"})
+    await carol.expect("kick", room="#mod2", target="carol")
+    await wait_who(alice, "#mod2", ["alice"])
+    again = await request(carol, {"type": "join", "room": "#mod2"})
+    assert again.code == "banned", again  # type: ignore[attr-defined]
+
+
+async def test_an_operator_given_on_one_node_shows_on_another(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await shared([alice, bob], "#ops")
+    await ok(alice, {"type": "op", "room": "#ops", "nick": "bob"})
+    await bob.expect("mode", room="#ops", change="+o", target="bob")
+    who = await ok(bob, {"type": "who", "room": "#ops"})
+    assert who.operators == ("alice", "bob"), who  # type: ignore[attr-defined]
+    # bob operates #ops on his own node now: he can set its modes.
+    await ok(bob, {"type": "mode", "room": "#ops", "change": "+m"})
+    await alice.expect("mode", room="#ops", change="+m", nick="bob")
+    await ok(alice, {"type": "deop", "room": "#ops", "nick": "bob"})
+    await bob.expect("mode", room="#ops", change="-o", target="bob")
+    refused = await request(bob, {"type": "mode", "room": "#ops", "change": "-m"})
+    assert refused.code == "not_operator", refused  # type: ignore[attr-defined]
+    await ok(bob, {"type": "part", "room": "#ops"})
+    await ok(bob, {"type": "join", "room": "#ops"})
+    who = await ok(alice, {"type": "who", "room": "#ops"})
+    assert who.operators == ("alice",), who  # type: ignore[attr-defined]
+
+
+async def test_a_kick_on_one_node_removes_a_user_of_another(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice = await cluster.user(a, "alice")
+    bob, carol = await cluster.user(b, "bob"), await cluster.user(b, "carol")
+    await shared([alice, bob, carol], "#k")
+    await ok(alice, {"type": "kick", "room": "#k", "nick": "bob", "reason": "out"})
+    await bob.expect("kick", room="#k", nick="alice", target="bob", text="out")
+    await carol.expect("kick", room="#k", target="bob")
+    for user in (alice, carol):
+        await wait_who(user, "#k", ["alice", "carol"])
+    mark = len(bob.events)
+    await alice.say("#k", "after the kick")
+    await carol.until_messages([("alice", "after the kick")])
+    # bob hears nothing more of #k (a marker in the lobby, sent after, proves it).
+    await alice.say("#lobby", "marker")
+    await bob.until_messages([("alice", "marker")], mark)
+    assert [e for e in bob.events[mark:] if e.room == "#k"] == []
+    refused = await request(bob, {"type": "say", "room": "#k", "text": "still here?"})
+    assert refused.code == "not_in_room", refused  # type: ignore[attr-defined]
+    # bob may come back (he was kicked, not banned), and every node counts his join.
+    await bob.join("#k")
+    for user in (alice, bob, carol):
+        await wait_who(user, "#k", ["alice", "bob", "carol"])
+
+
+async def test_a_server_operator_kills_a_user_of_another_node(cluster: Cluster) -> None:
+    a = await cluster.node("A", admins=("alice",))
+    b = await cluster.node("B", admins=("alice",))
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await ok(alice, {"type": "register", "password": PASSWORD})
+    await ok(alice, {"type": "login", "nick": "alice", "password": PASSWORD})
+    await wait_who(alice, "#lobby", ["alice", "bob"])
+    await ok(alice, {"type": "kill", "nick": "bob", "reason": "enough"})
+    closing = await bob.closed()
+    byes = [e for e in closing if e.type == "bye"]
+    assert len(byes) == 1, closing
+    assert byes[0].code == "killed", byes  # type: ignore[attr-defined]
+    assert "enough" in byes[0].text
+    await alice.expect("quit", nick="bob")
+    await wait_who(alice, "#lobby", ["alice"])
+
+
+async def test_an_account_registered_on_one_node_logs_in_on_another(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice = await cluster.user(a, "alice")
+    await ok(alice, {"type": "register", "password": PASSWORD})
+    await alice.close()
+    cluster.clients.remove(alice)
+    # With the login command...
+    again = await cluster.anonymous(b)
+    await again.send({"type": "login", "nick": "alice", "password": PASSWORD})
+    welcome = await again.expect("welcome")
+    assert welcome.account == "alice", welcome  # type: ignore[attr-defined]
+    # ...the account's nickname without its password is refused on either node...
+    for node in (a, b):
+        guest = await cluster.anonymous(node)
+        refused = await request(guest, {"type": "nick", "nick": "ALICE"})
+        assert refused.type == "error", refused
+        assert refused.code in ("nick_registered", "nick_taken"), refused  # type: ignore[attr-defined]
+    # ...and a wrong password is refused on the node that did not create the account.
+    await again.close()
+    cluster.clients.remove(again)
+    wrong = await cluster.anonymous(b)
+    refused = await request(wrong, {"type": "login", "nick": "alice", "password": "wrong-one-1"})
+    assert refused.code == "wrong_password", refused  # type: ignore[attr-defined]
+
+
+async def test_a_claimed_rooms_modes_hold_on_another_node(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await ok(alice, {"type": "register", "password": PASSWORD})
+    await alice.join("#club")
+    await ok(alice, {"type": "claim", "room": "#club"})
+    await ok(alice, {"type": "mode", "room": "#club", "change": "+m"})
+    # A node that hears of it live...
+    await bob.join("#club")
+    await settle([alice, bob], "#club")
+    modes = await ok(bob, {"type": "mode", "room": "#club"})
+    assert modes.modes == "mt", modes  # type: ignore[attr-defined]
+    assert modes.owner == "alice", modes  # type: ignore[attr-defined]
+    refused = await request(bob, {"type": "say", "room": "#club", "text": "hi"})
+    assert refused.code == "moderated", refused  # type: ignore[attr-defined]
+    refused = await request(bob, {"type": "topic", "room": "#club", "text": "mine"})
+    assert refused.code == "not_operator", refused  # type: ignore[attr-defined]
+    # ...and one that starts later, while the room is empty, both keep them.
+    await ok(bob, {"type": "part", "room": "#club"})
+    await ok(alice, {"type": "part", "room": "#club"})
+    c = await cluster.node("C")
+    carol = await cluster.user(c, "carol")
+    await carol.join("#club")
+    refused = await request(carol, {"type": "say", "room": "#club", "text": "hi"})
+    assert refused.code == "moderated", refused  # type: ignore[attr-defined]
+    await bob.join("#club")
+    refused = await request(bob, {"type": "say", "room": "#club", "text": "hi"})
+    assert refused.code == "moderated", refused  # type: ignore[attr-defined]
+    who = await ok(carol, {"type": "who", "room": "#club"})
+    assert who.operators == (), who  # type: ignore[attr-defined]
+
+
+async def test_history_outlives_an_empty_room(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await alice.join("#gone")
+    await alice.say("#gone", "remember me")
+    await alice.until_messages([("alice", "remember me")])
+    await ok(alice, {"type": "part", "room": "#gone"})
+    await wait_who(bob, "#gone", [])
+    assert await cluster.stream("#gone") == [("alice", "remember me")]
+    await bob.join("#gone")
+    await bob.expect("message", text="remember me", history=True)

@@ -20,6 +20,7 @@ from chat.cluster.messages import (
     ClusterMessage,
     Direct,
     Heartbeat,
+    Kill,
     MalformedMessage,
     Relayed,
     StreamId,
@@ -36,8 +37,11 @@ from chat.protocol import (
     Action,
     Dialect,
     Event,
+    Invite,
     Join,
+    Kick,
     Message,
+    Mode,
     Nick,
     Part,
     Private,
@@ -56,6 +60,11 @@ ROOM_EVENTS: list[Event] = [
     Quit(nick="ann", text="gone"),
     Nick(nick="ann", new_nick="Anna"),
     Topic(room="#r", nick="ann", text="line one\nline two"),
+    Mode(room="#r", nick="ann", change="+b", target="account:bob", text="spam"),
+    Mode(room="#r", change="+o", target="ann"),  # the server gave it: no nick
+    Mode(room="#r", nick="ann", change="+m"),
+    Kick(room="#r", nick="ann", target="bob", text="out"),
+    Invite(room="#r", nick="ann", target="bob"),
 ]
 
 MESSAGES: list[ClusterMessage] = [
@@ -65,6 +74,7 @@ MESSAGES: list[ClusterMessage] = [
     Relayed("node-1", Message(room="#r", nick="ann", text="x"), StreamId(1_700_000_000_000, 7)),
     Relayed("host-42-ab", Action(room="#r", nick="ann", text="y"), StreamId(5)),
     Direct("node-1", Private(nick="ann", target="bob", text="psst")),
+    Kill("node-1", "bob", "Killed by ann: enough \u00e9"),
 ]
 
 
@@ -99,6 +109,7 @@ def test_the_wire_format() -> None:
     assert encode(Relayed("A", said, StreamId(12, 3))) == f"A\n12-3\n{json_of(said)}"
     whisper = Private(nick="n", target="m", text="t")
     assert encode(Direct("A", whisper)) == f"A\npm\n{json_of(whisper)}"
+    assert encode(Kill("A", "m", "why")) == 'A\nkill\n{"nick": "m", "text": "why"}'
 
 
 def test_the_say_script_publishes_what_encode_writes() -> None:
@@ -199,6 +210,16 @@ MALFORMED: list[tuple[str | bytes, str]] = [
     ("A\n-\n" + relayed_json(type="message", history="yes"), "bad 'history'"),
     ("A\npm\n" + relayed_json(type="private", room=None, target=3), "bad 'target'"),
     ("A\npm\n" + relayed_json(type="private", room=None, target="b", echo=1), "bad 'echo'"),
+    ("A\n-\n" + relayed_json(type="mode", change=""), "bad 'change'"),
+    ("A\n-\n" + relayed_json(type="mode", change=5), "bad 'change'"),
+    ("A\n-\n" + relayed_json(type="mode", room=None, change="+m"), "bad 'room'"),
+    ("A\n-\n" + relayed_json(type="kick", target=""), "bad 'target'"),
+    ("A\n-\n" + relayed_json(type="invite", nick=None, target="b"), "bad 'nick'"),
+    ("A\nkill\nnot json", "unreadable kill"),
+    ('A\nkill\n{"nick": "", "text": "t"}', "without a nick"),
+    ('A\nkill\n{"nick": "b"}', "without a nick or a text"),
+    ('A\nkill\n["b", "t"]', "without a nick"),
+    ('A\nkill\n{"nick": "b\\ud800", "text": "t"}', "bad string"),
 ]
 
 

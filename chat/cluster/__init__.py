@@ -34,11 +34,31 @@ Redis holds (``P`` is the key prefix, ``chat:`` by default):
   as soon as their registration is acknowledged.
 - ``P presence:<node>``: a hash nick -> JSON list of rooms, expiring with the node's
   heartbeat; read when a node (re)joins the cluster.
-- ``P log:<room>``: one stream per room with its messages and actions, trimmed to the history
-  length (at least ``GAP_WINDOW`` entries, so a node that was cut off can fill the gap).
-- ``P topics``: a hash room -> topic.
+- ``P log:<room>``: one stream per room with its messages and actions: the room's history,
+  trimmed to ``history_keep`` entries (at least ``GAP_WINDOW``, so that a node that was cut
+  off can fill the gap). It outlives the room: an empty room's history stays, as in
+  single-process mode.
+- ``P topics``: a hash room key -> topic, for nodes that start later (the store keeps the
+  topic too, in ``P room:<key>``).
 
-Channels: ``P events`` carries every event and heartbeat, ``P node:<node>`` private messages.
+What :class:`~chat.cluster.store.RedisStore` keeps (the cluster's
+:class:`~chat.storage.Store`, every node's accounts, rooms and bans; keys are
+:func:`~chat.protocol.nick_key` / :func:`~chat.protocol.room_key` of names):
+
+- ``P account:<nick key>``: a hash ``name``, ``password_hash``, ``created``.
+- ``P ignores:<nick key>``: a set of the nick keys that account ignores.
+- ``P room:<room key>``: a kept room's settings, a hash ``name``, ``topic``, ``modes`` and,
+  if claimed, ``owner``; beside it ``P room:<room key>:roles`` (account key -> ``o`` or
+  ``v``), ``P room:<room key>:bans`` and ``P room:<room key>:mutes`` (mask -> JSON ban).
+- ``P rooms``: a set of the room keys with kept settings; ``P claimed``: those with an owner.
+- ``P gbans``: a hash mask -> JSON ban, the server-wide bans.
+
+A room line is durable once the publish loop has appended it to its stream: the store's
+commit waits for that (:meth:`RedisBackend.store`).
+
+Channels: ``P events`` carries every event and heartbeat (moderation too: modes, kicks,
+invites, which each node applies to its copy of the room), ``P node:<node>`` private messages
+and server operators' kills of that node's users.
 A room message is appended to its stream and published by one script, so publication order
 is stream order, and each published message carries its stream id: a node drops ids it has
 already seen, which makes the replay after a gap and the live stream meet with no gap and no

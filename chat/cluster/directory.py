@@ -22,8 +22,11 @@ from chat.hub import Hub
 from chat.protocol import (
     Action,
     Event,
+    Invite,
     Join,
+    Kick,
     Message,
+    Mode,
     Nick,
     Part,
     Private,
@@ -100,10 +103,20 @@ class Directory:
                 if user is not None and self._free_for(new, user):
                     self._rename(user, new)
                     hub.relay(event, list(user.rooms.values()))
-            case Message() | Action() | Topic() | Private():
+            case Kick(room=str(name), target=target):
+                self.unseat(target, name)
+                hub.relay(event)
+            case Message() | Action() | Topic() | Private() | Mode() | Invite():
                 hub.relay(event)
             case _:
                 pass  # nothing else happens on one node that another should know
+
+    def unseat(self, nick: str, room: str) -> None:
+        """``nick``, if another node's user, was kicked out of ``room`` (by a user of any
+        node): the room is no longer theirs, so that their next join there counts."""
+        user = self._by_key.get(nick_key(nick))
+        if user is not None:
+            user.rooms.pop(room_key(room), None)
 
     def sync(self, node: str, roster: dict[str, list[str]]) -> None:
         """Make what this node knows of ``node`` equal ``roster`` (nick -> rooms), telling

@@ -88,3 +88,44 @@ class Keys:
     def inbox(self, node: str) -> str:
         """The channel of private messages for ``node``'s users."""
         return f"{self.prefix}node:{node}"
+
+    # --- what the store keeps (chat.cluster.store) ----------------------------------------
+
+    @property
+    def rooms(self) -> str:
+        """A set of the room keys with kept settings (claimed or not)."""
+        return f"{self.prefix}rooms"
+
+    @property
+    def claimed(self) -> str:
+        """A set of the room keys with an owner."""
+        return f"{self.prefix}claimed"
+
+    @property
+    def global_bans(self) -> str:
+        """A hash mask -> JSON ban: the server-wide bans."""
+        return f"{self.prefix}gbans"
+
+    def account(self, name: str) -> str:
+        """A registered account: a hash name, password_hash, created."""
+        return f"{self.prefix}account:{nick_key(name)}"
+
+    def ignores(self, account: str) -> str:
+        """A set of the nick keys ``account`` ignores."""
+        return f"{self.prefix}ignores:{nick_key(account)}"
+
+    def room(self, room: str) -> str:
+        """A kept room's settings: a hash name, topic, modes and (if claimed) owner."""
+        return f"{self.prefix}room:{room_key(room)}"
+
+    def roles(self, room: str) -> str:
+        """A hash account key -> role (``o`` or ``v``) of a claimed room."""
+        return f"{self.room(room)}:roles"
+
+    def bans(self, room: str) -> str:
+        """A hash mask -> JSON ban of a room."""
+        return f"{self.room(room)}:bans"
+
+    def mutes(self, room: str) -> str:
+        """A hash mask -> JSON mute of a room."""
+        return f"{self.room(room)}:mutes"

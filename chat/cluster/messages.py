@@ -16,6 +16,9 @@ message                   tag                   body
                                                 a room message carries its stream id
 :class:`Direct`           ``pm``                a private message for a user of the node
                                                 whose channel it is published on
+:class:`Kill`             ``kill``              ``{"nick": ..., "text": ...}``: disconnect
+                                                that user of the node whose channel it is
+                                                published on (a server operator's ``/kill``)
 ========================  ====================  ===============================================
 
 A room message is appended to its stream and published by one Lua script, which is the
@@ -40,8 +43,11 @@ from chat.protocol import (
     Action,
     Dialect,
     Event,
+    Invite,
     Join,
+    Kick,
     Message,
+    Mode,
     Nick,
     Part,
     Private,
@@ -56,6 +62,7 @@ __all__ = [
     "ClusterMessage",
     "Direct",
     "Heartbeat",
+    "Kill",
     "MalformedMessage",
     "Relayed",
     "RelayedEvent",
@@ -76,10 +83,10 @@ class MalformedMessage(ValueError):
     """Bytes from Redis that are not a message or record this version understands."""
 
 
-RelayedEvent = Message | Action | Join | Part | Quit | Nick | Topic
+RelayedEvent = Message | Action | Join | Part | Quit | Nick | Topic | Mode | Kick | Invite
 """The events one node makes known to every other: what happens in rooms and to users."""
 
-_RELAYED: Final = (Message, Action, Join, Part, Quit, Nick, Topic)
+_RELAYED: Final = (Message, Action, Join, Part, Quit, Nick, Topic, Mode, Kick, Invite)
 _STREAMED: Final = (Message, Action)
 # The fields each kind of event must have, as non-empty strings, to be applied at all.
 _REQUIRED: Final[dict[type[Event], tuple[str, ...]]] = {
@@ -91,12 +98,16 @@ _REQUIRED: Final[dict[type[Event], tuple[str, ...]]] = {
     Quit: ("nick",),
     Nick: ("nick", "new_nick"),
     Private: ("nick", "target"),
+    Mode: ("room", "change"),  # nick is null when the server itself changed the mode
+    Kick: ("room", "nick", "target"),
+    Invite: ("room", "nick", "target"),
 }
 
 HEARTBEAT: Final = "hb"
 SYNC: Final = "sync"
 NO_STREAM_ID: Final = "-"
 DIRECT: Final = "pm"
+KILL: Final = "kill"
 _MAX_TIME: Final = 2**53  # seconds; beyond this a float cannot tell one from the next
 _STREAM_ID: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
@@ -164,7 +175,17 @@ class Direct:
     event: Private
 
 
-ClusterMessage = Heartbeat | Sync | Relayed | Direct
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A server operator of ``node`` disconnects ``nick``, a user of the node that receives
+    it, saying ``text`` (``/kill``)."""
+
+    node: str
+    nick: str
+    text: str
+
+
+ClusterMessage = Heartbeat | Sync | Relayed | Direct | Kill
 
 
 def encode(message: ClusterMessage) -> str:
@@ -181,6 +202,9 @@ def encode(message: ClusterMessage) -> str:
             return _frame(node, NO_STREAM_ID, _json(event))
         case Direct(node=node, event=event):
             return _frame(node, DIRECT, _json(event))
+        case Kill(node=node, nick=nick, text=text):
+            body = json.dumps({"nick": nick, "text": text}, ensure_ascii=False)
+            return _frame(node, KILL, body)
 
 
 def stream_frame(node: str, event: Message | Action) -> tuple[str, str]:
@@ -207,8 +231,24 @@ def decode(raw: str | bytes) -> ClusterMessage:
         if not isinstance(event, Private):
             raise MalformedMessage(f"private message from {node!r} carries a {event.type}")
         return Direct(node, event)
+    if tag == KILL:
+        return _kill(body, node)
     stream_id = None if tag == NO_STREAM_ID else _tag_stream_id(tag, node)
     return Relayed(node, _relayed_event(body, node, streamed=stream_id is not None), stream_id)
+
+
+def _kill(body: str, node: str) -> Kill:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedMessage(f"unreadable kill from {node!r}") from None
+    nick = data.get("nick") if isinstance(data, dict) else None
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(nick, str) or not nick or not isinstance(text, str):
+        raise MalformedMessage(f"a kill from {node!r} without a nick or a text")
+    if not _sendable(nick) or not _sendable(text):
+        raise MalformedMessage(f"a kill from {node!r} with a bad string")
+    return Kill(node, nick, text)
 
 
 def origin(raw: str | bytes) -> tuple[str, bool]:
@@ -353,7 +393,7 @@ def _check_fields(event: Event, node: str) -> None:
         raise MalformedMessage(f"a {event.type} event from {node!r} with a bad {bad!r}")
 
 
-_STRINGS: Final = ("id", "text", "room", "nick", "re", "new_nick", "target")
+_STRINGS: Final = ("id", "text", "room", "nick", "re", "new_nick", "target", "change")
 _MAY_BE_NULL: Final = frozenset({"room", "nick", "re"})
 _FLAGS: Final = ("history", "echo")
 

@@ -6,8 +6,11 @@ reaches the hub through the :class:`~chat.cluster.directory.Directory`; what was
 applied is in the :class:`~chat.cluster.ledger.Ledger`. The package docstring
 (``chat/cluster/__init__.py``) explains how the pieces work together.
 
-Local chat never waits on Redis: :meth:`RedisBackend.publish` only queues, and one task
-writes the queue out in order, in pipelines. When that backlog grows past a high-water
+:meth:`RedisBackend.publish` only queues, and one task writes the queue out in order, in
+pipelines. The hub's outbox delivers a room line once that task has written it (it is then
+durable, as with the single-process store: see :meth:`RedisBackend.store`), one pipeline
+round trip after it was said, shared by everything said meanwhile; while the link is down
+nothing waits, and local chat goes on. When that backlog grows past a high-water
 mark the backend says it is ``congested``, and sessions stop reading their clients until
 it is down to a low-water mark: senders slow down instead of lines being dropped. Only
 what must be decided cluster-wide awaits Redis: claiming a nickname, and finding a user
@@ -40,6 +43,7 @@ from chat.cluster.messages import (
     ClusterMessage,
     Direct,
     Heartbeat,
+    Kill,
     MalformedMessage,
     Relayed,
     RelayedEvent,
@@ -55,13 +59,17 @@ from chat.cluster.messages import (
     stream_frame,
 )
 from chat.cluster.settings import ClusterSettings, default_node_id
+from chat.cluster.store import RedisStore
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
 from chat.protocol import (
     Action,
     Event,
+    Invite,
     Join,
+    Kick,
     Message,
+    Mode,
     Nick,
     Part,
     Private,
@@ -76,6 +84,7 @@ __all__ = ["GAP_WINDOW", "RedisBackend"]
 log = logging.getLogger("chat.cluster")
 
 GAP_WINDOW: Final = 1000  # a room's stream keeps at least this many entries, to fill a gap
+HISTORY_KEEP: Final = 10_000  # lines a room's stream keeps by default (history_keep)
 # Backpressure, not loss: past the high-water mark sessions stop reading their clients until
 # the backlog is down to the low-water mark. Nothing accepted is ever dropped, so the queue
 # has no hard cap; it is bounded all the same, by the mark plus what each session had read
@@ -144,13 +153,23 @@ class _Send:
 
 
 @dataclass(frozen=True, slots=True)
+class _Kill:
+    """A server operator's ``/kill`` of ``nick``, a user of ``node``."""
+
+    node: str
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Forget:
-    """A room nobody is in any more: its stream and topic go."""
+    """A room nobody is in any more: its entry in ``P topics`` goes (the store keeps the
+    topic, and the stream, the history, stays: it outlives an empty room)."""
 
     room: str
 
 
-_Write = _Say | _Announce | _Present | _Absent | _Titled | _Send | _Forget
+_Write = _Say | _Announce | _Present | _Absent | _Titled | _Send | _Kill | _Forget
 
 
 async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
@@ -172,10 +191,13 @@ async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
 class RedisBackend:
     """The hub's cluster backend over Redis (``redis.asyncio``)."""
 
-    def __init__(self, settings: ClusterSettings, history: int) -> None:
+    def __init__(
+        self, settings: ClusterSettings, history: int, *, keep: int = HISTORY_KEEP
+    ) -> None:
         self.settings = settings
         self.node = settings.node_id or default_node_id()
         self.history = history
+        self.keep = keep  # lines of history a room's stream keeps (at least GAP_WINDOW)
         self._owner = Claim.owner_prefix(self.node)  # also checks the node id
         self._keys = Keys(settings.prefix)
         self._hub: Hub | None = None
@@ -209,6 +231,13 @@ class RedisBackend:
         self._flowing.set()
         self._runner: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        # Entries of the queue ever enqueued / written out (or given up with the link); the
+        # last enqueued entry that says something in a room. A line is durable once it is
+        # written: the store's commit waits for that (see store()).
+        self._enqueued = 0
+        self._written = 0
+        self._last_said = 0
+        self._progress = asyncio.Event()  # set (and replaced) whenever _written moves
 
     @property
     def hub(self) -> Hub:
@@ -274,7 +303,12 @@ class RedisBackend:
         match event:
             case Message() | Action():
                 self._enqueue(_Say(event))
-            case Join(nick=str(nick)) | Part(nick=str(nick)):
+                self._last_said = self._enqueued
+            case Join(room=str(name), nick=str(nick)):
+                self._enqueue(
+                    _Announce(event), self._presence_of(nick), *self._standing(name, nick)
+                )
+            case Part(nick=str(nick)):
                 self._enqueue(_Announce(event), self._presence_of(nick))
             case Quit(nick=str(nick)):
                 self._enqueue(_Announce(event), _Absent(nick))
@@ -282,6 +316,11 @@ class RedisBackend:
                 self._enqueue(_Announce(event), _Absent(old), self._presence_of(new))
             case Topic(room=str(name)):
                 self._enqueue(_Announce(event), _Titled(name, event.text))
+            case Kick(room=str(name), target=target):
+                self.directory.unseat(target, name)  # kicked here, out of another node
+                self._enqueue(_Announce(event))
+            case Mode(room=str()) | Invite(room=str()):
+                self._enqueue(_Announce(event))
 
     async def locate(self, nick: str) -> str | None:
         """Whom this node knows on another node; else whoever holds the nickname's claim.
@@ -331,9 +370,46 @@ class RedisBackend:
             )
         self._enqueue(_Send(node, event))
 
+    def kill(self, nick: str, text: str) -> None:
+        """Disconnect ``nick``, a user of another node (``/kill``): the node holding them
+        closes their connection with ``killed``."""
+        located = self._located.pop(nick_key(nick), None)
+        if not self._linked:
+            raise ProtocolError(
+                ErrorCode.CLUSTER_DOWN,
+                f"{nick} is on another server, which cannot be reached right now.",
+            )
+        user = self.directory.find(nick)
+        node = user.node if user is not None else located
+        if node is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
+        self._enqueue(_Kill(node, nick, text))
+
     def forget_room(self, name: str) -> None:
         self.ledger.forget_room(name)
         self._enqueue(_Forget(name))
+
+    def store(self) -> RedisStore:
+        """The cluster's :class:`~chat.storage.Store`, on this backend's client and keys.
+
+        Usable before :meth:`start`. In cluster mode a room's history is its stream, which
+        this backend's publish loop writes: the store counts a line said here as not yet
+        durable (``dirty``) until the loop has written it, and its ``commit`` waits for
+        that, so what a client has seen acknowledged is in Redis, as in single-process
+        mode. While the link is down nothing waits: what was queued is given up.
+        """
+        return _ClusterStore(self._redis, self._keys, self)
+
+    @property
+    def saying(self) -> bool:
+        """True while a room line enqueued here is not yet written to its stream."""
+        return self._written < self._last_said
+
+    async def said(self) -> None:
+        """Return once every room line enqueued so far is written (or given up)."""
+        target = self._last_said
+        while self._written < target:
+            await self._progress.wait()
 
     @property
     def congested(self) -> bool:
@@ -364,6 +440,7 @@ class RedisBackend:
         if self._runner is not None:
             await self._stop_runner(self._runner)
             self._runner = None
+        self._give_up_queue()
         if self._linked and self._hub is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -426,8 +503,7 @@ class RedisBackend:
             self.hub.notice_all("The cluster link is back: you reach every server again.")
             log.info("cluster link up")
         else:
-            while not self._queue.empty():
-                self._queue.get_nowait()
+            self._give_up_queue()
             self._flow()
             self._located.clear()
             self.hub.notice_all(
@@ -561,9 +637,17 @@ class RedisBackend:
                     return  # already delivered, by the catch-up after a gap
                 if self.ledger.fresh(node, event):
                     self.directory.apply(node, event)
+                    if isinstance(event, Kick) and self.hub.find(event.target) is not None:
+                        # A user of ours was kicked elsewhere: our presence says so.
+                        self._enqueue(self._presence_of(event.target))
             case Direct(node=node, event=event):
                 if self.ledger.fresh(node, event):
                     self.directory.apply(node, event)
+            case Kill(nick=nick, text=text):
+                member = self.hub.find(nick)
+                if member is not None:
+                    log.info("kill nick=%s from node %s", member.nick, message.node)
+                    member.peer.close(ErrorCode.KILLED, text)
 
     async def _publish_loop(self) -> None:
         """One writer, in order: per-sender order in a room is publication order."""
@@ -576,6 +660,7 @@ class RedisBackend:
                     for write in writes:
                         await self._add_to_pipeline(pipe, write)
                 await self._call(pipe.execute())
+            self._wrote(len(batch))
             if self._queue.qsize() <= FLOWING_AT:
                 self._flow()
 
@@ -590,7 +675,7 @@ class RedisBackend:
                 await self._say(
                     keys=[keys.log(event.room), keys.events],
                     args=[
-                        max(self.history, GAP_WINDOW),
+                        max(self.keep, self.history, GAP_WINDOW),
                         before,
                         after,
                         *(part for pair in fields.items() for part in pair),
@@ -607,8 +692,9 @@ class RedisBackend:
                 pipe.hset(keys.topics, room_key(room), text)
             case _Send(node=node, event=event):
                 pipe.publish(keys.inbox(node), encode(Direct(self.node, event)))
+            case _Kill(node=node, nick=nick, text=text):
+                pipe.publish(keys.inbox(node), encode(Kill(self.node, nick, text)))
             case _Forget(room=room):
-                pipe.delete(keys.log(room))
                 pipe.hdel(keys.topics, room_key(room))
 
     async def _heartbeat_loop(self) -> None:
@@ -675,15 +761,39 @@ class RedisBackend:
 
     def _enqueue(self, *writes: _Write) -> None:
         self._queue.put_nowait(writes)
+        self._enqueued += 1
         if self._queue.qsize() >= CONGESTED_AT and self._flowing.is_set():
             log.info("cluster publish backlog at %d: pausing clients", self._queue.qsize())
             self._flowing.clear()
+
+    def _wrote(self, count: int) -> None:
+        """``count`` entries of the queue are written (or given up): wake who waits."""
+        self._written += count
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _give_up_queue(self) -> None:
+        """The link is down or closed: what is queued will never be written."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        # A batch the publish loop had taken is lost with its task: given up too.
+        self._wrote(self._enqueued - self._written)
 
     def _flow(self) -> None:
         """The backlog is small again (or gone with the link): sessions read on."""
         if not self._flowing.is_set():
             log.info("cluster publish backlog at %d: clients resume", self._queue.qsize())
             self._flowing.set()
+
+    def _standing(self, name: str, nick: str) -> tuple[_Announce, ...]:
+        """The operator status a local user got by joining ``name`` (its creator, or an
+        operator of a claimed room): the hub gives it without an event, and other nodes
+        cannot work it out (they do not know who was first, nor remote users' accounts)."""
+        member = self.hub.find(nick)
+        room = None if member is None else member.rooms.get(room_key(name))
+        if room is None or nick_key(nick) not in room.ops:
+            return ()
+        return (_Announce(Mode(room=room.name, change="+o", target=nick)),)
 
     def _presence_of(self, nick: str) -> _Present:
         member = self.hub.find(nick)
@@ -693,3 +803,20 @@ class RedisBackend:
     @property
     def _ttl_ms(self) -> int:
         return int(self.settings.nick_ttl * 1000)
+
+
+class _ClusterStore(RedisStore):
+    """The cluster's store, whose durability also covers the room lines this node's
+    backend has queued but not yet appended to their streams (:meth:`RedisBackend.store`)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, backend: RedisBackend) -> None:
+        super().__init__(client, keys)
+        self._backend = backend
+
+    @property
+    def dirty(self) -> bool:
+        return super().dirty or self._backend.saying
+
+    async def commit(self) -> None:
+        await self._backend.said()
+        await super().commit()

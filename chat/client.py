@@ -264,6 +264,7 @@ class Connection:
         *,
         nick: str,
         address: str,
+        password: str | None = None,
         rate: float = 4.0,
         burst: int = 16,
         request_timeout: float = 10.0,
@@ -276,6 +277,7 @@ class Connection:
         self._reader = reader
         self._writer = writer
         self._nick = nick
+        self._password = password  # sent once, in the hello; never logged
         self._rooms: dict[str, str] = {}  # room_key -> name, in join order
         self._request_timeout = request_timeout
         self._max_queue = max_queue
@@ -442,7 +444,7 @@ class Connection:
     async def _register(self, within: float) -> None:
         """Send the JSON hello with our nickname and wait for the welcome (or the refusal)."""
         try:
-            await self._write(encode_command(HelloCommand(self._nick)))
+            await self._write(encode_command(HelloCommand(self._nick, self._password)))
             async with asyncio.timeout(within):
                 await self._registered
         except TimeoutError:
@@ -664,10 +666,12 @@ class Connect:
     * ``async for conn in connect(...):``: a new connection whenever the last one was lost,
       after a backoff; the first failure raises unless ``retry_initial`` is set.
 
-    ``rooms`` are joined after the lobby. ``tls=True`` verifies the server against the system
-    trust store; ``ca_file`` adds a CA (and implies TLS); an ``ssl.SSLContext`` is used as
-    given. ``rate``/``burst`` pace our output below the server's flood limit (``rate=0``: no
-    pacing). ``max_queue`` events may wait for the iterator before reading stops.
+    ``password`` logs in to the account of ``nick`` when it is registered (kept in memory
+    only, for reconnections under that nickname). ``rooms`` are joined after the lobby.
+    ``tls=True`` verifies the server against the system trust store; ``ca_file`` adds a CA
+    (and implies TLS); an ``ssl.SSLContext`` is used as given. ``rate``/``burst`` pace our
+    output below the server's flood limit (``rate=0``: no pacing). ``max_queue`` events may
+    wait for the iterator before reading stops.
     ``on_retry(attempt, delay, why)`` is called before each wait between attempts. The
     ``backoff`` starts again from its shortest delay only after a connection has stayed up
     ``stable_after`` seconds, so a server that accepts and drops us at once gets ever longer
@@ -679,6 +683,7 @@ class Connect:
         address: str,
         *,
         nick: str,
+        password: str | None = None,
         rooms: Sequence[str] = (),
         tls: bool | ssl.SSLContext = False,
         ca_file: str | None = None,
@@ -697,6 +702,8 @@ class Connect:
             f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         )
         self.nick = nick
+        #: The nickname ``password`` belongs to, and the password; None without one.
+        self.login: tuple[str, str] | None = None if password is None else (nick, password)
         self.rooms = tuple(rooms)
         self.tls = tls
         self.ca_file = ca_file
@@ -744,10 +751,14 @@ class Connect:
             ) from None
         except OSError as exc:
             raise ConnectionLost(f"{self.address}: {_describe_os_error(exc)}") from exc
+        password = None
+        if self.login is not None and nick_key(self.login[0]) == nick_key(nick):
+            password = self.login[1]
         conn = Connection(
             reader,
             writer,
             nick=nick,
+            password=password,
             address=self.address,
             rate=self.rate,
             burst=self.burst,

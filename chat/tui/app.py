@@ -29,10 +29,11 @@ from chat.commands import (
     PartCommand,
     QuitCommand,
     SayCommand,
+    carries_secret,
     help_text,
     parse_text_line,
 )
-from chat.errors import ConnectionLost, NickUnavailable, ProtocolError, ServerError
+from chat.errors import ConnectionLost, ErrorCode, NickUnavailable, ProtocolError, ServerError
 from chat.protocol import nick_key, room_key, sanitize, validate_nick
 from chat.tui.actions import describe, execute, fail
 from chat.tui.keys import KEYS_HELP, build_key_bindings
@@ -76,7 +77,9 @@ class ChatUI:
         self._exiting = False
         self.pane = MessagePane(self.state)
         self.input = input_line(
-            self.state, history if history is not None else InMemoryHistory(), self._accept
+            self.state,
+            SecretlessHistory(history if history is not None else InMemoryHistory()),
+            self._accept,
         )
         self.app: Application[int] = Application(
             layout=build_layout(self.state, self.link, self.pane, self.input),
@@ -337,9 +340,31 @@ class ChatUI:
                 await self._more.aclose()
 
 
+class SecretlessHistory(History):
+    """The input history, without the lines that carry a password (``/login``,
+    ``/register``...): they are neither recalled with Up nor written to the history file."""
+
+    def __init__(self, inner: History) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def load_history_strings(self) -> Iterable[str]:
+        return (line for line in self._inner.load_history_strings() if not carries_secret(line))
+
+    def store_string(self, string: str) -> None:
+        self._inner.store_string(string)
+
+    def append_string(self, string: str) -> None:
+        if not carries_secret(string):
+            super().append_string(string)
+
+
 #: Asks for another nickname after the server refused one: ``(refused, why)``, where
-#: ``why`` is the refusal as one line; returns the new nickname, or None to give up.
-AskNick = Callable[[str, str], Awaitable[str | None]]
+#: ``why`` is the refusal as one line; returns the new nickname, or None to give up. Asked
+#: with ``password=True`` when the nickname is registered: the answer is its password.
+AskNick = Callable[..., Awaitable[str | None]]
+#: Refusals answered by asking for the nickname's password.
+_ASK_PASSWORD = frozenset({ErrorCode.NICK_REGISTERED, ErrorCode.WRONG_PASSWORD})
 
 
 async def open_first(
@@ -348,8 +373,9 @@ async def open_first(
     """The first connection, and the generator of the ones after a loss.
 
     A nickname the server refuses (taken, confusable, reserved, invalid) is asked again with
-    ``ask`` and the connection tried again with the answer, as often as it takes; without
-    ``ask``, or if ``ask`` gives up, the refusal is raised, as every other failure is.
+    ``ask`` and the connection tried again with the answer, as often as it takes; a
+    registered nickname is asked its password the same way. Without ``ask``, or if ``ask``
+    gives up, the refusal is raised, as every other failure is.
     """
     while True:
         more = aiter(connector)
@@ -358,6 +384,12 @@ async def open_first(
         except NickUnavailable as exc:
             if ask is None:
                 raise
+            if exc.code in _ASK_PASSWORD:
+                password = await ask(exc.nick, describe(exc), password=True)
+                if password is None:
+                    raise
+                connector.login = (exc.nick, password)
+                continue
             nick = await ask(exc.nick, describe(exc))
             if nick is None:
                 raise

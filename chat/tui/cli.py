@@ -57,11 +57,18 @@ def ask_nick(default: str) -> str | None:
             default = answer
 
 
-async def ask_another_nick(refused: str, why: str) -> str | None:
+async def ask_another_nick(refused: str, why: str, *, password: bool = False) -> str | None:
     """The server refused ``refused``: say why and ask for another, on the terminal before
-    the full-screen UI starts (an :data:`~chat.tui.app.AskNick`); None if the user gives up."""
+    the full-screen UI starts (an :data:`~chat.tui.app.AskNick`); None if the user gives up.
+    For a registered nickname, ask for its password instead, without echoing it."""
     print(f"chat-client: {why}")
     session: PromptSession[str] = PromptSession()
+    if password:
+        try:
+            answer = await session.prompt_async(f"Password for {refused}: ", is_password=True)
+        except (EOFError, KeyboardInterrupt):
+            return None
+        return answer.strip() or None
     default = refused
     while True:
         try:

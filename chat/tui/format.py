@@ -17,11 +17,19 @@ from typing import Final, TypeAlias
 from chat.errors import ErrorCode
 from chat.protocol import (
     Action,
+    Away,
+    BanList,
     Bye,
     Error,
     Event,
+    Ignores,
+    Invite,
     Join,
+    Kick,
+    LoggedIn,
     Message,
+    Mode,
+    Modes,
     Nick,
     Part,
     Private,
@@ -30,6 +38,7 @@ from chat.protocol import (
     Topic,
     Welcome,
     Who,
+    Whois,
     nick_key,
     sanitize,
 )
@@ -130,8 +139,24 @@ def format_event(event: Event, me: str) -> list[Line]:
         case Topic():
             return [system(f"--- Topic of {room}: {text}" if text else f"--- {room} has no topic")]
         case Who():
-            members = ", ".join(clean(m) for m in event.members)
+            ops = {nick_key(n) for n in event.operators}
+            voiced = {nick_key(n) for n in event.voiced}
+            members = ", ".join(
+                ("@" if nick_key(m) in ops else "+" if nick_key(m) in voiced else "") + clean(m)
+                for m in event.members
+            )
             return [system(f"--- {len(event.members)} in {room}: {members}")]
+        case Kick():
+            target = clean(event.target)
+            line = f"<-- {nick} removed {target} from {room}" + (f" ({text})" if text else "")
+            mine = nick_key(target) == nick_key(me)
+            return [[when, ("class:error" if mine else "class:system", line)]]
+        case Mode() | Modes() | Invite() | BanList() | Whois() | Away() | Ignores() | LoggedIn():
+            # The server's sentences say it best; without its "[#room] ***" prefix.
+            return [
+                system("--- " + clean(line).split("*** ", 1)[-1].strip())
+                for line in event.as_text().split("\r\n")
+            ]
         case RoomList():
             lines = [system(f"--- {len(event.rooms)} room(s):")]
             for info in event.rooms:

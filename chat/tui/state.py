@@ -33,6 +33,7 @@ from chat.protocol import (
     Error,
     Event,
     Join,
+    Kick,
     Message,
     Nick,
     Part,
@@ -424,6 +425,15 @@ class ChatState:
                     if view is not None:
                         view.members.pop(nick_key(nick), None)
                     self.show(event, view)
+            case Kick(room=str(room), target=target) if nick_key(target) == nick_key(self.nick):
+                self.views.pop(room_key(room), None)
+                if self.active == room_key(room):
+                    self.active = next(reversed(self.views), "")
+                self.show(event)
+            case Kick(target=target):
+                if view is not None:
+                    view.members.pop(nick_key(target), None)
+                self.show(event, view)
             case Quit(nick=str(nick)):
                 for each in self.views.values():
                     if each.members.pop(nick_key(nick), None) is not None or (

@@ -7,7 +7,9 @@ Servers (each started fresh for every run, pinned to CPU 0; chat-bench pinned to
 
 - ``chat``: this project's ``chat-server`` with every feature on; limits raised by flags
   only where a scenario needs it (flood control raised, not disabled; more clients and
-  per-IP connections; for the flat-out fan-out a bigger send queue).
+  per-IP connections; for the flat-out fan-out a bigger send queue); ``--db :memory:``.
+- ``chat-db``: the same with its SQLite store on (a fresh ``--db`` file per run): every
+  line is committed before it is delivered.
 - ``ngircd``: ngIRCd from Debian (``apt-get install ngircd``) with benchmarks/ngircd.conf.
 - ``textbook``: benchmarks/textbook_server.py, write + drain per recipient.
 - ``fast``: benchmarks/fast_baseline.py, the bare uvloop broadcaster.
@@ -42,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,12 +67,13 @@ class Server:
     needs: str | None = None  # an executable that must be installed
 
 
-def _chat_command(scenario: str) -> list[str]:
+def _chat_command(scenario: str, db: str = ":memory:") -> list[str]:
     command = [
         _script("chat-server"),
         "--host=127.0.0.1",
         "--port=9401",
         "--log-level=warning",
+        f"--db={db}",
         # Flood control stays on, with limits no benchmark client reaches.
         "--rate=1000000",
         "--burst=1000000",
@@ -83,8 +87,20 @@ def _chat_command(scenario: str) -> list[str]:
     return command
 
 
+def _chat_db_command(scenario: str) -> list[str]:
+    """chat-server with its store on: a fresh SQLite file for every run."""
+    path = Path(tempfile.gettempdir()) / "chat-bench-store" / "chat.db"
+    shutil.rmtree(path.parent, ignore_errors=True)
+    return _chat_command(scenario, db=str(path))
+
+
 SERVERS = {
-    "chat": Server("chat", "chat-server (this project, uvloop)", 9401, "chat", _chat_command),
+    "chat": Server(
+        "chat", "chat-server (this project, uvloop; --db :memory:)", 9401, "chat", _chat_command
+    ),
+    "chat-db": Server(
+        "chat-db", "chat-server with its SQLite store (--db FILE)", 9401, "chat", _chat_db_command
+    ),
     "ngircd": Server(
         "ngircd",
         "ngIRCd 26 (C, Debian)",

@@ -104,7 +104,7 @@ async def test_concurrent_commits_each_wait_for_earlier_writes(tmp_path: Path) -
         await second
         assert not store.dirty
         with sqlite3.connect(path) as other:  # durable: another connection sees it
-            assert other.execute("SELECT count(*) FROM history").fetchone() == (1,)
+            assert other.execute("SELECT sum(count) FROM history_chunks").fetchone() == (1,)
         await first
 
 
@@ -150,22 +150,26 @@ async def test_a_line_without_a_room_is_refused() -> None:
 
 
 async def test_history_is_pruned_to_keep(tmp_path: Path) -> None:
+    """Whole chunks (one per room per commit) go, oldest first, while keep lines remain."""
     path = str(tmp_path / "chat.db")
     lines = said(40)
     async with await open_store(path, keep=10) as store:
         for line in lines[:11]:  # within keep + keep // 10: left alone
             store.append(line)
+            await store.commit()
         assert await store.recent("#den", 100) == lines[:11]
-        store.append(lines[11])  # past it: cut back to keep
+        store.append(lines[11])  # past it: the oldest chunks go, down to keep
         assert await store.recent("#den", 100) == lines[2:12]
-        for line in lines[12:]:  # one commit's worth beyond the slack is cut too
+        for line in lines[12:]:  # one commit's chunk is never split: all of it stays
             store.append(line)
         await store.commit()
-        assert await store.recent("#den", 100) == lines[-10:]
+        assert await store.recent("#den", 100) == lines[12:]
         store.append(Message(id="x", ts=1.0, room="#other", nick="n", text="t"))
     async with await open_store(path, keep=10) as store:  # counts are rebuilt on reopen
-        store.append(said(1, room="#DEN")[0])
-        assert len(await store.recent("#den", 100)) == 11
+        for line in said(11, room="#DEN"):
+            store.append(line)
+            await store.commit()
+        assert len(await store.recent("#den", 100)) == 11  # 28 + 11 counted: pruned to 11
         store.append(said(1)[0])
         assert len(await store.recent("#den", 100)) == 10
         assert len(await store.recent("#other", 100)) == 1
@@ -286,4 +290,29 @@ async def test_a_commit_survives_sigkill(tmp_path: Path) -> None:
     async with await open_store(path) as store:
         assert await store.recent("#den", 5) == [
             Message(id="survivor", ts=1.0, room="#den", nick="n", text="still here")
+        ]
+
+
+async def test_a_version_1_database_is_migrated_with_its_history(tmp_path: Path) -> None:
+    """Version 1 kept a row per line; version 2 keeps chunks: the lines come through."""
+    from chat.sqlite_store import _MIGRATIONS  # noqa: PLC0415 - the schema as it was
+
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as old:
+        for statement in _MIGRATIONS[0]:
+            old.execute(statement)
+        old.execute(
+            "INSERT INTO history (room, name, id, ts, kind, nick, text)"
+            " VALUES ('#den', '#Den', 'a-1', 100.5, 'message', 'bob', 'hello'),"
+            " ('#den', '#Den', 'a-2', 101.25, 'action', 'bob', 'waves')"
+        )
+        old.execute("PRAGMA user_version = 1")
+    old.close()
+    async with await open_store(path) as store:
+        assert await store.recent("#den", 10) == [
+            Message(id="a-1", ts=100.5, room="#Den", nick="bob", text="hello"),
+            Action(id="a-2", ts=101.25, room="#Den", nick="bob", text="waves"),
+        ]
+        assert await store.before("#den", 101.0, 10) == [
+            Message(id="a-1", ts=100.5, room="#Den", nick="bob", text="hello")
         ]

@@ -246,19 +246,32 @@ class Outbox:
         self.flush()
 
     async def _commit(self) -> None:
-        """Commit, deliver what was pending when the commit began, and again while the store
-        has more to commit."""
+        """Deliver what is pending as the commits covering it complete, pipelined: the next
+        commit is handed to the store's thread before the entries the last one covered are
+        pushed, so that the thread writes while the loop delivers."""
         try:
-            while self._pending:
-                held = len(self._pending)
-                if self._store.dirty:
+            held = len(self._pending)  # entries the commit under way covers
+            commit: asyncio.Future[None] | None = self._begin()
+            while held:
+                if commit is not None:
                     try:
-                        await self._store.commit()
+                        await commit
                     except Exception:  # a full disk must not stop the chat
                         log.exception("store commit failed; delivering anyway")
+                ahead = len(self._pending)  # entries the next commit must cover
+                commit = self._begin() if self._store.dirty else None
                 self.flush(held)
+                held = ahead - held
+            if commit is not None:  # writes with nothing pending after them: let it finish
+                commit.add_done_callback(_report_failure)
         finally:
             self._committing = None
+            if self._pending and not self._scheduled:  # added while the last were pushed
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._release)
+
+    def _begin(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._store.commit())
 
     async def drain(self) -> None:
         """Return once everything pending has been delivered (shutdown)."""
@@ -299,6 +312,11 @@ class Outbox:
 
 
 _Entry = tuple["Peer", bytes] | tuple[Room, Event] | tuple[list[Member], Event] | Callable[[], None]
+
+
+def _report_failure(commit: asyncio.Future[None]) -> None:
+    if not commit.cancelled() and commit.exception() is not None:
+        log.error("store commit failed", exc_info=commit.exception())
 
 
 def _fan_out(members: Iterable[Member], events: list[Event]) -> None:
@@ -1421,21 +1439,18 @@ class Hub:
             masks = [f"nick:{nick_key(validate_nick(nick))}"]
         shown = target.nick if target is not None else nick
         if on:
+            changed = masks[:1]
             room.mutes[masks[0]] = Ban(masks[0], "", member.nick, time.time())
         else:
-            found = [mask for mask in masks if mask in room.mutes]
-            if not found:
+            changed = [mask for mask in masks if mask in room.mutes]
+            if not changed:
                 raise ProtocolError(ErrorCode.NO_SUCH_BAN, f"{shown} is not muted in {room.name}.")
-            for mask in found:
+            for mask in changed:
                 del room.mutes[mask]
         self._save(room)
-        change = "+q" if on else "-q"
-        self._announce(
-            room,
-            Mode(room=room.name, nick=member.nick, change=change, target=shown),
-            member,
-            request,
-        )
+        for mask in changed:  # the mask, as for bans: what /bans lists and other nodes keep
+            event = Mode(room=room.name, nick=member.nick, change="+q" if on else "-q", target=mask)
+            self._announce(room, event, member, request)
 
     async def invite(
         self, member: Member, name: str | None, nick: str, request: str | None
@@ -1689,12 +1704,10 @@ class Hub:
                         changed.bans.pop(target, None)
                 elif letter == "q":
                     if adding:
-                        mask = f"nick:{key}"
-                        changed.mutes[mask] = Ban(mask, event.text, event.nick or "", event.ts)
+                        ban = Ban(target, event.text, event.nick or "", event.ts)
+                        changed.mutes[target] = ban
                     else:
-                        changed.mutes.pop(f"nick:{key}", None)
-                        if account is not None:
-                            changed.mutes.pop(f"account:{nick_key(account)}", None)
+                        changed.mutes.pop(target, None)
                 elif letter == "r":
                     changed.owner = target if adding else None
                     if not adding:
@@ -1705,6 +1718,8 @@ class Hub:
                     else:
                         changed.modes.discard(letter)
                 self.outbox.deliver(changed.members, event)
+                if letter == "b" and adding:
+                    self._banned_out(changed, event)
                 if letter == "r" and not adding:
                     self._drop_if_empty(changed)
             case Kick(room=str(name), target=target):
@@ -1732,6 +1747,22 @@ class Hub:
                     self.outbox.deliver(invited_to.members, event)
                 if local is not None and (invited_to is None or local not in invited_to.members):
                     self.tell(local, event)
+
+    def _banned_out(self, room: Room, ban: Mode) -> None:
+        """A ban made on another node: the local members it matches leave the room, as
+        they would have on that node (only it knew their nickname, not their account or
+        address), and the other nodes hear of it."""
+        for present in list(room.members):
+            if not room.operates(present) and room.ban_of(present) is not None:
+                kick = Kick(
+                    room=room.name,
+                    nick=ban.nick,
+                    target=present.nick,
+                    text=ban.text or "banned",
+                )
+                self.outbox.deliver(room.members, kick)
+                self._gone(present, room)
+                self.backend.publish(kick)
 
     def _known(self, names: Iterable[str]) -> list[Room]:
         return [room for name in names if (room := self._rooms.get(room_key(name)))]

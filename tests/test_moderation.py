@@ -571,8 +571,10 @@ async def test_mute_and_unmute(start_server: StartServer, dialect: Dialect) -> N
     for person in (alice, bob, carol):
         await person.join("#r")
     await alice.cmd("mute", nick="bob")
-    await carol.see("mode", r"^\[#r\] \*\*\* alice muted bob in #r$", change="+q", target="bob")
-    await bob.see("mode", r"alice muted bob in #r", change="+q", target="bob")
+    await carol.see(
+        "mode", r"^\[#r\] \*\*\* alice muted nick:bob in #r$", change="+q", target="nick:bob"
+    )
+    await bob.see("mode", r"alice muted nick:bob in #r", change="+q", target="nick:bob")
     await bob.cmd("say", room="#r", text="can you hear me")
     await bob.error("muted", "say")
     await bob.cmd("me", room="#r", text="waves silently")
@@ -582,8 +584,8 @@ async def test_mute_and_unmute(start_server: StartServer, dialect: Dialect) -> N
     assert not any("can you hear me" in x or "waves silently" in x for x in seen), seen
 
     await alice.cmd("unmute", nick="bob")
-    await carol.see("mode", r"alice unmuted bob in #r", change="-q", target="bob")
-    await bob.see("mode", r"alice unmuted bob in #r", change="-q")
+    await carol.see("mode", r"alice unmuted nick:bob in #r", change="-q", target="nick:bob")
+    await bob.see("mode", r"alice unmuted nick:bob in #r", change="-q")
     await bob.say("#r", "free again")
     await carol.heard("#r", "bob", "free again")
 

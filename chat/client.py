@@ -125,6 +125,10 @@ _NICK_CODES: Final = frozenset(
         ErrorCode.NICK_INVALID,
         ErrorCode.NICK_RESERVED,
         ErrorCode.NICK_CONFUSABLE,
+        ErrorCode.NICK_REGISTERED,  # a password is needed (or was wrong): ask for one
+        ErrorCode.WRONG_PASSWORD,
+        ErrorCode.NO_SUCH_ACCOUNT,
+        ErrorCode.LOGIN_THROTTLED,
     }
 )
 # A nickname refused for these reasons on reconnect may be our own ghost, still registered

@@ -464,3 +464,16 @@ async def test_default_db_is_created_under_xdg_state_home(
 def _no_stray_default_db(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A test that forgets ``--db`` writes under its own tmp dir, never the user's state."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "default-state"))
+
+
+def test_an_admin_no_account_can_have_is_refused_at_start() -> None:
+    """``--admin root`` names a reserved nickname: nobody could ever log in as it."""
+    result = subprocess.run(
+        [*CHAT_SERVER, "--admin", "root", "--port", "0", "--db", ":memory:"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--admin root: no account can have that name" in result.stderr, result.stderr

@@ -20,6 +20,7 @@ from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.utils import get_cwidth
 
 from chat.client import Backoff, Connection, connect
+from chat.commands import RegisterCommand
 from chat.errors import NickUnavailable
 from chat.protocol import (
     Action,
@@ -27,6 +28,7 @@ from chat.protocol import (
     Error,
     Event,
     Join,
+    LoggedIn,
     Message,
     Nick,
     Notice,
@@ -259,6 +261,46 @@ async def test_history_persists_across_runs(server: ChatServer, tmp_path: Path) 
         await eventually(lambda: t.ui.input.text == "/quit")
         t.type("\x1b[A")
         await eventually(lambda: t.ui.input.text == "first line")
+
+
+async def test_a_password_is_never_kept_in_the_input_history(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "history"
+    async with terminal(
+        await connect(address(server), nick="alice"), history=FileHistory(path)
+    ) as t:
+        t.type("said before\r")
+        await t.shows("<alice> said before")
+        t.type("/register correct horse battery\r")
+        await t.shows("alice is now yours")
+        assert t.ui.input.buffer.history.get_strings() == ["said before"]
+        t.type("/quit\r")
+        await t.exited()
+    assert "horse" not in path.read_text()
+    assert "said before" in path.read_text()
+
+
+async def test_a_registered_nickname_is_asked_its_password_before_the_ui(
+    server: ChatServer,
+) -> None:
+    async with connect(address(server), nick="alice") as conn:
+        await conn.send(RegisterCommand("correct horse battery"))
+        async for event in conn:
+            if isinstance(event, LoggedIn):
+                break
+    asked: list[tuple[str, bool]] = []
+
+    async def ask(nick: str, why: str, *, password: bool = False) -> str | None:
+        asked.append((nick, password))
+        return "wrong password!" if len(asked) == 1 else "correct horse battery"
+
+    connector = connect(address(server), nick="alice")
+    first, more = await open_first(connector, ask)
+    assert asked == [("alice", True), ("alice", True)]
+    assert first.nickname == "alice"
+    await first.quit()
+    await more.aclose()
 
 
 def test_history_lives_under_xdg_state_home(

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 from chat.protocol import (
+    Away,
     Error,
     Join,
+    Kick,
     Message,
+    Mode,
     Nick,
     Notice,
     Part,
@@ -446,3 +449,27 @@ def test_a_paste_is_one_line_each_and_a_long_one_waits_for_an_answer() -> None:
     assert texts(state.view)[-1].endswith("--- Pasted 7 lines: not sent.")
     assert state.answer_paste(yes=False) == []  # nothing waiting: nothing said
     assert texts(state.view)[-1].endswith("--- Pasted 7 lines: not sent.")
+
+
+def test_operators_are_marked_and_moderation_reads_as_sentences() -> None:
+    state = two_rooms()
+    state.apply(
+        Who(room="#dev", members=("alice", "bob", "dave"), operators=("dave",), voiced=("bob",))
+    )
+    state.apply(Mode(room="#dev", nick="dave", change="+m"))
+    state.apply(Mode(room="#dev", nick="dave", change="+q", target="nick:bob"))
+    state.apply(Away(nick="bob", text="lunch"))
+    dev = texts(state.views["#dev"])
+    assert dev[-3].endswith("--- 3 in #dev: alice, +bob, @dave")
+    assert dev[-2].endswith("--- dave moderated #dev: only operators and voiced members speak")
+    assert dev[-1].endswith("--- dave muted nick:bob in #dev")
+    assert texts(state.view)[-1].endswith("--- bob is away: lunch")
+
+
+def test_a_kick_of_someone_else_leaves_the_pane_and_of_oneself_closes_it() -> None:
+    state = two_rooms()
+    state.apply(Kick(room="#dev", nick="dave", target="carol", text="spam"))
+    assert texts(state.views["#dev"])[-1].endswith("<-- dave removed carol from #dev (spam)")
+    state.apply(Kick(room="#dev", nick="dave", target="Alice", text="bye"))
+    assert "#dev" not in state.views
+    assert texts(state.view)[-1].endswith("<-- dave removed Alice from #dev (bye)")

@@ -605,6 +605,16 @@ async def test_a_query_is_answered_in_the_pane_it_was_typed_in(start_server: Sta
         assert state.room == "#dev"
 
 
+async def test_lastlog_typed_lists_matching_lines(server: ChatServer) -> None:
+    async with terminal(await connect(address(server), nick="alice")) as term:
+        term.type("the deploy is done\r")
+        await term.shows("<alice> the deploy is done")
+        term.type("/lastlog\r")
+        await term.shows("!!! Usage: /lastlog text")
+        term.type("/lastlog DEPLOY\r")
+        await term.shows("--- lastlog DEPLOY: 1 line(s)")
+
+
 def test_the_status_bar_keeps_the_rooms_when_narrow() -> None:
     """Issue 12: at 80 columns while reconnecting (50 connected) the rooms were cut off."""
     state = make_state()

@@ -473,3 +473,15 @@ def test_a_kick_of_someone_else_leaves_the_pane_and_of_oneself_closes_it() -> No
     state.apply(Kick(room="#dev", nick="dave", target="Alice", text="bye"))
     assert "#dev" not in state.views
     assert texts(state.view)[-1].endswith("<-- dave removed Alice from #dev (bye)")
+
+
+def test_lastlog_shows_again_the_lines_of_the_pane_that_match() -> None:
+    state = two_rooms()
+    state.apply(Message(room="#lobby", nick="bob", text="the Deploy is done"))
+    state.apply(Message(room="#lobby", nick="carol", text="lunch?"))
+    state.apply(Message(room="#dev", nick="dave", text="deploy in dev"))  # another pane
+    assert state.lastlog("deploy") == 1
+    lobby = texts(state.views["#lobby"])
+    assert lobby[-2].endswith("--- lastlog deploy: 1 line(s)")
+    assert lobby[-1].endswith("<bob> the Deploy is done")
+    assert state.lastlog("nothing like it") == 0

@@ -47,6 +47,7 @@ LOCAL_HELP: Final = """The client's own commands:
   /reply text, /r      answer the last person who wrote to you privately
   /close               close the private conversation on screen (rooms: /part)
   /clear               empty the pane on screen
+  /lastlog text        show again the lines of the pane on screen that contain text
   /exit                quit"""
 
 
@@ -148,6 +149,13 @@ class ChatUI:
         if word == "/clear":
             self.state.view.lines.clear()
             self.state.view.scroll = 0
+            return
+        if word == "/lastlog":
+            wanted = text[len(word) :].strip()
+            if wanted:
+                self.state.lastlog(wanted)
+            else:
+                self.state.error("Usage: /lastlog text")
             return
         if word == "/exit":
             text = "/quit" + text[len(word) :]

@@ -46,7 +46,7 @@ from chat.protocol import (
     nick_key,
     room_key,
 )
-from chat.tui.format import Line, clean, format_event, stamp
+from chat.tui.format import Line, clean, format_event, plain_text, stamp
 
 __all__ = ["PASTE_ASK_OVER", "SCROLLBACK", "ChatState", "Link", "RoomView"]
 
@@ -241,6 +241,17 @@ class ChatState:
     def note(self, text: str, style: str = "class:system", view: RoomView | None = None) -> None:
         """A line from the client itself, in ``view`` or else the pane on screen."""
         (view or self.view).add([("class:time", stamp(time.time())), (style, text)])
+
+    def lastlog(self, text: str) -> int:
+        """``/lastlog text``: the lines of the pane on screen that contain ``text`` (any
+        case), shown again at its end under a header; how many there were."""
+        view = self.view
+        wanted = text.lower()
+        found = [list(line) for line in view.lines if wanted in plain_text(line).lower()]
+        self.note(f"--- lastlog {text}: {len(found)} line(s)", view=view)
+        for line in found:
+            view.add(line)
+        return len(found)
 
     def error(self, text: str, view: RoomView | None = None) -> None:
         self.note(f"!!! {text}", "class:error", view)

@@ -63,6 +63,7 @@ LOCAL_COMMANDS: Final = (
     "clear",
     "close",
     "exit",
+    "lastlog",
     "query",
     "r",
     "reply",

@@ -634,6 +634,22 @@ def test_the_status_bar_keeps_the_rooms_when_narrow() -> None:
         assert " 3" in bar
 
 
+def test_while_scrolled_back_the_status_bar_counts_what_arrived_below() -> None:
+    state = make_state()
+    for n in range(30):
+        state.apply(Message(room="#lobby", nick="bob", text=f"line {n}"))
+    state.view.scroll = 10
+    assert "more below: PgDn" in plain_text(status_bar(state, Link("x:1")))
+    state.apply(Message(room="#lobby", nick="bob", text="new one"))
+    state.apply(Message(room="#lobby", nick="bob", text="new two"))
+    assert "2 new below: PgDn" in plain_text(status_bar(state, Link("x:1")))
+    assert state.view.scroll == 12  # what the reader looks at stays still
+    state.view.scroll = 0  # End, or paging down to the bottom
+    assert "below" not in plain_text(status_bar(state, Link("x:1")))
+    state.view.scroll = 5
+    assert "more below" in plain_text(status_bar(state, Link("x:1")))  # counted afresh
+
+
 def test_the_status_bar_marks_panes_with_mentions() -> None:
     state = make_state()
     state.apply(Message(room="#dev", nick="dave", text="hi"))

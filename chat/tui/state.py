@@ -79,7 +79,8 @@ class RoomView:
         self.topic = ""
         self.unread = 0
         self.mentions = 0  # of the unread lines, those that mention you
-        self.scroll = 0  # lines scrolled back from the newest; 0 follows new lines
+        self._scroll = 0  # lines scrolled back from the newest; 0 follows new lines
+        self.below = 0  # lines that arrived below while scrolled back (the status bar says)
         # Where history replayed after our join goes: before the join's own lines, so that
         # times run forwards. None once live chat has started.
         self.replay_at: int | None = None
@@ -87,10 +88,21 @@ class RoomView:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
 
+    @property
+    def scroll(self) -> int:
+        return self._scroll
+
+    @scroll.setter
+    def scroll(self, lines: int) -> None:
+        self._scroll = lines
+        if not lines:  # back at the bottom: everything below has been seen
+            self.below = 0
+
     def add(self, line: Line) -> None:
         self.lines.append(line)
         self._trim()
         if self.scroll:  # keep what the reader is looking at still
+            self.below += 1
             self.scroll = min(self.scroll + 1, len(self.lines) - 1)
 
     def joined(self) -> None:

@@ -245,8 +245,8 @@ def member_list(state: ChatState) -> StyleAndTextTuples:
 
 def status_bar(state: ChatState, link: Link, width: int | None = None) -> StyleAndTextTuples:
     """The link (with the countdown to the next attempt while reconnecting), who and where
-    you are, the rooms numbered for Alt-N with their unread counts, and "more below" while
-    scrolled back.
+    you are, the rooms numbered for Alt-N with their unread counts, and while scrolled back
+    "more below", or how many lines arrived below since.
 
     In ``width`` columns, what matters least goes first: why the last attempt failed, the
     address, the nickname, then the words; the rooms and unread counts stay, shortened to
@@ -261,7 +261,11 @@ def status_bar(state: ChatState, link: Link, width: int | None = None) -> StyleA
     ):
         out: StyleAndTextTuples = [("", " "), link_part, ("", who), *_rooms(state, short=rooms)]
         if state.view.scroll:
-            more = " more " if rooms else " more below: PgDn "
+            below = state.view.below
+            if below:
+                more = f" {below} new " if rooms else f" {below} new below: PgDn "
+            else:
+                more = " more " if rooms else " more below: PgDn "
             out += [("", " "), ("class:status.more", more)]
         if width is None or sum(get_cwidth(fragment[1]) for fragment in out) <= width:
             break

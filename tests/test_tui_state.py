@@ -25,7 +25,7 @@ from chat.protocol import (
     Who,
 )
 from chat.tui.format import plain_text
-from chat.tui.state import ChatState, Link, RoomView
+from chat.tui.state import UNREAD_MARKER, ChatState, Link, RoomView
 
 
 def texts(view: RoomView) -> list[str]:
@@ -485,3 +485,21 @@ def test_lastlog_shows_again_the_lines_of_the_pane_that_match() -> None:
     assert lobby[-2].endswith("--- lastlog deploy: 1 line(s)")
     assert lobby[-1].endswith("<bob> the Deploy is done")
     assert state.lastlog("nothing like it") == 0
+
+
+def test_a_marker_line_shows_where_the_unread_lines_of_a_pane_begin() -> None:
+    state = two_rooms()  # #lobby on screen
+    state.apply(Message(room="#dev", nick="dave", text="first unseen"))
+    state.apply(Message(room="#dev", nick="dave", text="second unseen"))
+    dev = texts(state.views["#dev"])
+    assert dev[-3:-2] == [UNREAD_MARKER]
+    assert dev[-2].endswith("first unseen")
+    state.switch("#dev")
+    state.apply(Message(room="#dev", nick="dave", text="seen live"))
+    assert texts(state.views["#dev"]).count(UNREAD_MARKER) == 1  # on screen: no new marker
+    state.switch("#lobby")
+    state.apply(Message(room="#dev", nick="dave", text="later unseen"))
+    dev = texts(state.views["#dev"])
+    assert dev.count(UNREAD_MARKER) == 1  # the one marker moved down
+    assert dev[-2:] == [UNREAD_MARKER, dev[-1]]
+    assert dev[-1].endswith("later unseen")

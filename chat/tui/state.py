@@ -48,10 +48,11 @@ from chat.protocol import (
 )
 from chat.tui.format import Line, clean, format_event, plain_text, stamp
 
-__all__ = ["PASTE_ASK_OVER", "SCROLLBACK", "ChatState", "Link", "RoomView"]
+__all__ = ["PASTE_ASK_OVER", "SCROLLBACK", "UNREAD_MARKER", "ChatState", "Link", "RoomView"]
 
 SCROLLBACK: Final = 2000  # lines kept per room
 PASTE_ASK_OVER: Final = 5  # a paste of more lines than this asks before sending
+UNREAD_MARKER: Final = "-------- new since you last looked --------"
 # Lines refused before the server knew which command they held (the error names none).
 _UNREAD_LINE: Final = frozenset({ErrorCode.FLOOD, ErrorCode.LINE_TOO_LONG})
 
@@ -81,12 +82,22 @@ class RoomView:
         self.mentions = 0  # of the unread lines, those that mention you
         self._scroll = 0  # lines scrolled back from the newest; 0 follows new lines
         self.below = 0  # lines that arrived below while scrolled back (the status bar says)
+        self._marker: Line | None = None  # the "new since you last looked" line, if any
         # Where history replayed after our join goes: before the join's own lines, so that
         # times run forwards. None once live chat has started.
         self.replay_at: int | None = None
         self._divided = False  # the divider above the replayed lines is there
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
+
+    def mark_unread(self) -> None:
+        """The first line since you last looked at this pane is next: a marker line goes
+        above it (the one marker of the pane: an older one is taken out)."""
+        if self._marker is not None:
+            with contextlib.suppress(ValueError):  # scrolled out of the scrollback already
+                self.lines.remove(self._marker)
+        self._marker = [("class:marker", UNREAD_MARKER)]
+        self.lines.append(self._marker)
 
     @property
     def scroll(self) -> int:
@@ -240,11 +251,14 @@ class ChatState:
             line = (
                 [plain[0], *(("class:mention " + s, t) for s, t in plain[1:])] if mention else plain
             )
+            counted = (unread or mention) and not history and target is not self.view
+            if counted and not target.unread:
+                target.mark_unread()
             if history:
                 target.replay(line)
             else:
                 target.add(line)
-            if (unread or mention) and not history and target is not self.view:
+            if counted:
                 target.unread += 1
                 target.mentions += mention
         if mention and not history and self.bell is not None:

@@ -96,6 +96,7 @@ STYLE: Final = Style.from_dict(
         "system": "ansibrightblack",
         "error": "ansired bold",
         "history": "ansibrightblack",
+        "marker": "ansired",
         "members.title": "bold underline",
         "separator": "ansibrightblack",
         "prompt": "bold",

@@ -37,6 +37,7 @@ from chat.errors import ConnectionLost, ErrorCode, NickUnavailable, ProtocolErro
 from chat.protocol import nick_key, room_key, sanitize, validate_nick
 from chat.tui.actions import describe, execute, fail
 from chat.tui.keys import KEYS_HELP, build_key_bindings
+from chat.tui.logs import PaneLog
 from chat.tui.state import ChatState, Link, RoomView
 from chat.tui.widgets import STYLE, MessagePane, build_layout, input_line
 
@@ -67,8 +68,12 @@ class ChatUI:
         history: History | None = None,
         highlights: Iterable[str] = (),
         bell: Callable[[], None] | None = None,
+        log_dir: str | None = None,
     ) -> None:
         self.state = ChatState(first.nickname, highlights=highlights, bell=bell or self._bell)
+        self.pane_log = PaneLog(log_dir) if log_dir is not None else None
+        if self.pane_log is not None:
+            self.state.log = self._log
         self.link = Link(first.address)
         self.conn: Connection | None = first
         self._more = more
@@ -99,6 +104,15 @@ class ChatUI:
 
     def _bell(self) -> None:
         self.app.output.bell()
+
+    def _log(self, pane: str, text: str) -> None:
+        """``--log-dir``: queue the line; if writing has failed, say why once and stop."""
+        assert self.pane_log is not None
+        if self.pane_log.failure is not None:
+            self.state.log = None
+            self.state.error(self.pane_log.failure)
+            return
+        self.pane_log.write(pane, text)
 
     # --- input -----------------------------------------------------------------------------
 
@@ -346,6 +360,8 @@ class ChatUI:
                 await self.conn.quit(self._quit_reason)
             if self._more is not None:
                 await self._more.aclose()
+            if self.pane_log is not None:
+                await self.pane_log.aclose()
 
 
 class SecretlessHistory(History):
@@ -409,6 +425,7 @@ async def run_tui(
     open_history: Callable[[], History] = InMemoryHistory,
     highlights: Iterable[str] = (),
     ask: AskNick | None = None,
+    log_dir: str | None = None,
 ) -> int:
     """Connect (a failure is one line on stderr), then run the UI until the user quits.
 
@@ -421,6 +438,6 @@ async def run_tui(
         first, more = await open_first(connector, ask)
     except (ConnectionLost, NickUnavailable, ServerError) as exc:
         return fail(f"cannot connect: {describe(exc)}")
-    ui = ChatUI(first, more, history=open_history(), highlights=highlights)
+    ui = ChatUI(first, more, history=open_history(), highlights=highlights, log_dir=log_dir)
     connector.on_retry = ui.on_retry
     return await ui.run()

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also treat lines with this word as mentions (repeatable)",
     )
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="append every pane to a plain text file per pane and day in DIR (default: off)",
+    )
     parser.add_argument("--version", action="version", version=f"chat-client {__version__}")
     return parser
 
@@ -126,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     connector = connect(args.address, nick=nick, tls=args.tls, ca_file=args.ca_file)
     try:
         if interactive:
-            return asyncio.run(run_tui(connector, open_history, args.highlight, ask_another_nick))
+            return asyncio.run(
+                run_tui(connector, open_history, args.highlight, ask_another_nick, args.log_dir)
+            )
         return asyncio.run(run_plain(connector, sys.stdin.buffer, sys.stdout))
     except KeyboardInterrupt:
         return 130

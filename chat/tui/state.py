@@ -169,6 +169,8 @@ class ChatState:
         self.nick = nick
         self.highlights = tuple(word for word in highlights if word.strip())
         self.bell = bell  # rung once per live mention; the UI passes the terminal's bell
+        #: Called with (pane name, line text) for every live line shown (``--log-dir``).
+        self.log: Callable[[str, str], None] | None = None
         self.scrollback = scrollback
         self.views: dict[str, RoomView] = {}  # room_key -> view, in join order
         self.active = ""  # key of the view on screen; "" when in no room
@@ -258,6 +260,8 @@ class ChatState:
                 target.replay(line)
             else:
                 target.add(line)
+                if self.log is not None:
+                    self.log(target.name, plain_text(line))
             if counted:
                 target.unread += 1
                 target.mentions += mention

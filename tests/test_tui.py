@@ -615,6 +615,14 @@ async def test_lastlog_typed_lists_matching_lines(server: ChatServer) -> None:
         await term.shows("--- lastlog DEPLOY: 1 line(s)")
 
 
+def test_a_listed_link_wraps_without_indentation_inside_it() -> None:
+    url = "https://example.com/" + "b" * 100
+    rows = wrap([("class:copy", url)], 40)
+    assert "".join(text for row in rows for _, text in row) == url  # nothing added
+    said = wrap([("class:time", "12:00 "), ("", "see " + url)], 40)
+    assert said[1][0][1].startswith(" " * 6)  # other lines keep their continuation indent
+
+
 def test_the_status_bar_keeps_the_rooms_when_narrow() -> None:
     """Issue 12: at 80 columns while reconnecting (50 connected) the rooms were cut off."""
     state = make_state()

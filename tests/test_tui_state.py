@@ -503,3 +503,17 @@ def test_a_marker_line_shows_where_the_unread_lines_of_a_pane_begin() -> None:
     assert dev.count(UNREAD_MARKER) == 1  # the one marker moved down
     assert dev[-2:] == [UNREAD_MARKER, dev[-1]]
     assert dev[-1].endswith("later unseen")
+
+
+def test_urls_lists_the_links_of_the_pane_once_each_latest_last() -> None:
+    state = two_rooms()
+    long = "https://example.com/" + "a" * 150 + "?q=1"
+    state.apply(Message(room="#lobby", nick="bob", text=f"see {long}."))
+    state.apply(Message(room="#lobby", nick="carol", text="and www.example.org, or"))
+    state.apply(Message(room="#lobby", nick="bob", text=f"again {long}"))
+    state.apply(Message(room="#dev", nick="dave", text="https://elsewhere.example"))
+    assert state.urls() == ["www.example.org", long]
+    lobby = texts(state.views["#lobby"])
+    assert lobby[-3].endswith("--- 2 link(s) in this pane:")
+    assert lobby[-2:] == ["www.example.org", long]  # no time: one piece to copy
+    assert state.urls() == ["www.example.org", long]  # its own rows are not listed again

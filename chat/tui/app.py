@@ -49,6 +49,7 @@ LOCAL_HELP: Final = """The client's own commands:
   /close               close the private conversation on screen (rooms: /part)
   /clear               empty the pane on screen
   /lastlog text        show again the lines of the pane on screen that contain text
+  /urls                list the links in the pane on screen, each on a row, to copy
   /exit                quit"""
 
 
@@ -163,6 +164,9 @@ class ChatUI:
         if word == "/clear":
             self.state.view.lines.clear()
             self.state.view.scroll = 0
+            return
+        if word == "/urls":
+            self.state.urls()
             return
         if word == "/lastlog":
             wanted = text[len(word) :].strip()

@@ -53,6 +53,8 @@ __all__ = ["PASTE_ASK_OVER", "SCROLLBACK", "UNREAD_MARKER", "ChatState", "Link",
 SCROLLBACK: Final = 2000  # lines kept per room
 PASTE_ASK_OVER: Final = 5  # a paste of more lines than this asks before sending
 UNREAD_MARKER: Final = "-------- new since you last looked --------"
+URLS_SHOWN: Final = 20  # /urls lists the latest links of the pane, at most this many
+_URL_RE: Final = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.IGNORECASE)
 # Lines refused before the server knew which command they held (the error names none).
 _UNREAD_LINE: Final = frozenset({ErrorCode.FLOOD, ErrorCode.LINE_TOO_LONG})
 
@@ -282,6 +284,23 @@ class ChatState:
         for line in found:
             view.add(line)
         return len(found)
+
+    def urls(self) -> list[str]:
+        """``/urls``: the links in the pane on screen, each once, the latest last, each then
+        shown on a row of its own without time or indentation, to copy in one piece."""
+        found: dict[str, None] = {}
+        for line in self.view.lines:
+            if line and line[0][0] == "class:copy":
+                continue  # a row an earlier /urls added
+            for match in _URL_RE.findall(plain_text(line)):
+                url = match.rstrip(".,;:!?)]'\"")
+                found.pop(url, None)  # ordered by where each was last seen
+                found[url] = None
+        shown = list(found)[-URLS_SHOWN:]
+        self.note(f"--- {len(shown)} link(s) in this pane:" if shown else "--- No links here.")
+        for url in shown:
+            self.view.add([("class:copy", url)])
+        return shown
 
     def error(self, text: str, view: RoomView | None = None) -> None:
         self.note(f"!!! {text}", "class:error", view)

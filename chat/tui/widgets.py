@@ -64,6 +64,7 @@ LOCAL_COMMANDS: Final = (
     "close",
     "exit",
     "lastlog",
+    "urls",
     "query",
     "r",
     "reply",
@@ -97,6 +98,7 @@ STYLE: Final = Style.from_dict(
         "error": "ansired bold",
         "history": "ansibrightblack",
         "marker": "ansired",
+        "copy": "underline",
         "members.title": "bold underline",
         "separator": "ansibrightblack",
         "prompt": "bold",
@@ -111,6 +113,8 @@ def wrap(line: Line, width: int) -> list[StyleAndTextTuples]:
     breaking after a space where there is one; continuation rows are indented."""
     chars = [(fragment[0], char) for fragment in line for char in fragment[1]]
     indent = CONTINUATION_INDENT if width > 3 * CONTINUATION_INDENT else 0
+    if line and line[0][0] == "class:copy":  # a /urls row: nothing added inside a link
+        indent = 0
     rows: list[StyleAndTextTuples] = []
     start = 0
     while start < len(chars) or not rows:

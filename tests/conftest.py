@@ -6,9 +6,18 @@ from tests.harness import (
     StartServer,
     certificate,
     dialect,
+    private_state,
     server,
     spawn_server,
     start_server,
 )
 
-__all__ = ["StartServer", "certificate", "dialect", "server", "spawn_server", "start_server"]
+__all__ = [
+    "StartServer",
+    "certificate",
+    "dialect",
+    "private_state",
+    "server",
+    "spawn_server",
+    "start_server",
+]

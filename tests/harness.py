@@ -181,6 +181,16 @@ class ServerProcess:
 SpawnServer = Callable[..., Awaitable[ServerProcess]]
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test's ``chat-server`` and ``chat-client`` processes keep their state (the
+    default database, the input history) in a directory of the test's own: never in the
+    user's ``~/.local/state``, and never shared with another test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture
 async def spawn_server() -> AsyncIterator[SpawnServer]:
     """Start ``chat-server --host 127.0.0.1 --port 0 *args``; ``listeners`` is how many

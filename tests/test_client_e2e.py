@@ -268,3 +268,55 @@ def test_two_clients_in_tmux(chat_server: int, tmp_path: Path) -> None:
         assert (tmp_path / "state" / "chat" / "history").read_text().count("hello from alice") == 1
     finally:
         tmux.kill()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (CI installs it)")
+def test_mention_bell_bracketed_paste_and_resize_in_tmux(chat_server: int, tmp_path: Path) -> None:
+    """Issue 12 in a real terminal: a mention rings the bell (and a plain line does not), a
+    bracketed paste of three lines sends three messages in order, and after the window grows
+    the newest lines are still at the bottom."""
+    tmux = Tmux(tmp_path)
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color"}
+    address = f"127.0.0.1:{chat_server}"
+
+    def bell() -> str:
+        return tmux("display-message", "-p", "-t", "alice", "#{window_bell_flag}").strip()
+
+    try:
+        tmux.start("alice", [*CLIENT, address, "--nick", "alice"], env)
+        tmux.wait_for("alice", "connected")
+        tmux.start("bob", [*CLIENT, address, "--nick", "bob"], env)
+        tmux.wait_for("alice", "--> bob joined #lobby")
+        tmux("send-keys", "-t", "bob", "-l", "just chatting")
+        tmux("send-keys", "-t", "bob", "Enter")
+        tmux.wait_for("alice", "<bob> just chatting")
+        assert bell() == "0"  # a line that does not mention alice rings nothing
+        tmux("send-keys", "-t", "bob", "-l", "ALICE, lunch?")
+        tmux("send-keys", "-t", "bob", "Enter")
+        tmux.wait_for("alice", "<bob> ALICE, lunch?")
+        deadline = time.monotonic() + WAIT
+        while bell() != "1":  # the bell reaches tmux with the screen update, or just after
+            assert time.monotonic() < deadline, "no bell on a mention"
+            time.sleep(0.05)
+
+        tmux("set-buffer", "-b", "paste", "one\ntwo\nthree")
+        tmux("paste-buffer", "-p", "-b", "paste", "-t", "bob")  # bracketed, as terminals do
+        screen = tmux.wait_for("alice", "<bob> three")
+        rows = [line for line in screen.splitlines() if "<bob> " in line]
+        said_rows = [row.split("<bob> ")[1].split("|")[0].strip() for row in rows[-3:]]
+        assert said_rows == ["one", "two", "three"]  # the member list is right of "|"
+
+        tmux("resize-window", "-t", "alice", "-x", "120", "-y", "30")
+        tmux("send-keys", "-t", "bob", "-l", "after the resize")
+        tmux("send-keys", "-t", "bob", "Enter")
+        screen = tmux.wait_for("alice", "<bob> after the resize")
+        lines = screen.splitlines()
+        assert len(lines) == 30
+        said = [n for n, line in enumerate(lines) if "<bob> after the resize" in line]
+        prompt = [n for n, line in enumerate(lines) if "#lobby alice>" in line]
+        assert said
+        assert prompt
+        assert said[0] < prompt[0]  # above the input line, not lost
+        assert "<bob> three" in lines[said[0] - 1]  # the lines before it right above it
+    finally:
+        tmux.kill()

@@ -268,9 +268,12 @@ class SyncServerProcess:
 @contextlib.contextmanager
 def server_process(*args: str, timeout: float = 20.0) -> Iterator[SyncServerProcess]:
     """``chat-server --host 127.0.0.1 --port 0 *args`` for synchronous tests and
-    module-scoped fixtures; its port is read from its log; stopped on exit."""
+    module-scoped fixtures; its port is read from its log; stopped on exit. Without a
+    ``--db`` it keeps nothing (``--db :memory:``): a module-scoped server starts before any
+    test's private state directory exists."""
+    keep = [] if any(arg.startswith("--db") for arg in args) else ["--db", ":memory:"]
     proc = subprocess.Popen(
-        [*CHAT_SERVER, "--host", "127.0.0.1", "--port", "0", *args],
+        [*CHAT_SERVER, "--host", "127.0.0.1", "--port", "0", *keep, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

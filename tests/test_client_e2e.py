@@ -272,9 +272,9 @@ def test_two_clients_in_tmux(chat_server: int, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (CI installs it)")
 def test_mention_bell_bracketed_paste_and_resize_in_tmux(chat_server: int, tmp_path: Path) -> None:
-    """Issue 12 in a real terminal: a mention rings the bell (and a plain line does not), a
-    bracketed paste of three lines sends three messages in order, and after the window grows
-    the newest lines are still at the bottom."""
+    """Issue 12 in a real terminal: a mention is highlighted (``capture-pane -e``) and rings
+    the bell (a plain line does neither), a bracketed paste of three lines sends three
+    messages in order, and after the window grows the newest lines are still at the bottom."""
     tmux = Tmux(tmp_path)
     env = {"XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color"}
     address = f"127.0.0.1:{chat_server}"
@@ -294,6 +294,12 @@ def test_mention_bell_bracketed_paste_and_resize_in_tmux(chat_server: int, tmp_p
         tmux("send-keys", "-t", "bob", "-l", "ALICE, lunch?")
         tmux("send-keys", "-t", "bob", "Enter")
         tmux.wait_for("alice", "<bob> ALICE, lunch?")
+        styled = tmux("capture-pane", "-e", "-p", "-t", "alice").splitlines()
+        (mention,) = [row for row in styled if "ALICE, lunch?" in row]
+        (plain,) = [row for row in styled if "just chatting" in row]
+        yellow_background = re.compile(r"\x1b\[(?:[0-9]+;)*43(?:;[0-9]+)*m")
+        assert yellow_background.search(mention)  # the mention style: a yellow background
+        assert not yellow_background.search(plain)
         deadline = time.monotonic() + WAIT
         while bell() != "1":  # the bell reaches tmux with the screen update, or just after
             assert time.monotonic() < deadline, "no bell on a mention"

@@ -136,14 +136,22 @@ def build_server_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=limits.ping_interval,
         metavar="SECONDS",
-        help="idle time before a JSON-dialect client is pinged; 0 disables pings",
+        help="idle time before a JSON or IRC client is pinged; 0 disables pings",
     )
     add(
         "--ping-timeout",
         type=_seconds,
         default=limits.ping_timeout,
         metavar="SECONDS",
-        help="time a pinged JSON-dialect client has to answer",
+        help="time a pinged JSON or IRC client has to answer",
+    )
+    add(
+        "--greet-delay",
+        type=_seconds,
+        default=limits.greet_delay,
+        metavar="SECONDS",
+        help="silence after which a new connection is greeted as a person (IRC clients "
+        "speak first and are never greeted)",
     )
     add(
         "--max-clients",
@@ -307,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             register_timeout=args.register_timeout,
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
+            greet_delay=args.greet_delay,
         ),
     )
 

@@ -41,15 +41,18 @@ class Codec(Protocol):
     def key(self) -> Hashable:
         """Connections whose codecs share a key receive the same bytes for the same event."""
 
-    def decode(self, raw: bytes, *, registered: bool) -> Request | None:
-        """The request one line carries; ``None`` for a line to ignore.
-
-        Raises :class:`~chat.errors.ProtocolError` (with ``command`` and ``request`` set as
-        far as the line was understood) for a line the protocol refuses.
-        """
+    @property
+    def echoes(self) -> bool:
+        """Whether a member's own room messages come back to them (IRC: only with
+        ``echo-message``)."""
 
     def encode(self, event: Event) -> bytes:
-        """The bytes that carry ``event``, line ending included."""
+        """The bytes that carry ``event``, line ending included; the same for every
+        connection with this :attr:`key`, so no per-connection state may show in them."""
+
+    def encode_one(self, event: Event) -> bytes:
+        """The bytes that carry ``event`` to this connection alone (answers, history):
+        where a codec's per-connection state may show."""
 
 
 class TextCodec:
@@ -57,6 +60,7 @@ class TextCodec:
     wrapped at the connection's screen ``width`` (protocol.md, "The text dialect")."""
 
     name: Final = "text"
+    echoes: Final = True
 
     def __init__(self, width: int = DEFAULT_WIDTH) -> None:
         self.width = width
@@ -69,12 +73,15 @@ class TextCodec:
     def encode(self, event: Event) -> bytes:
         return render_text(event, self.width)
 
+    encode_one = encode
+
 
 class JsonCodec:
     """JSON Lines for programs: ``{"type": ..., "id": ...}`` in, one event object per line out."""
 
     name: Final = "json"
     key: Final = Dialect.JSON
+    echoes: Final = True
 
     def decode(self, raw: bytes, *, registered: bool) -> Request | None:
         line = decode_line(raw)
@@ -99,12 +106,16 @@ class JsonCodec:
     def encode(self, event: Event) -> bytes:
         return render(event, Dialect.JSON)
 
+    encode_one = encode
+
 
 TEXT: Final = TextCodec()
 JSON: Final = JsonCodec()
 
 
-def decoder_for(current: Codec, raw: bytes, *, registered: bool) -> Codec:
+def decoder_for(
+    current: TextCodec | JsonCodec, raw: bytes, *, registered: bool
+) -> TextCodec | JsonCodec:
     """The codec that reads ``raw``: before registration a JSON object is read as JSON
     whatever the connection speaks, so a program's first line is understood; only its
     ``hello`` switches what the connection receives."""

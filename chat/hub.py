@@ -196,7 +196,12 @@ class Outbox:
 
     def send(self, peer: Peer, event: Event) -> None:
         """One event for one peer, rendered now in the peer's current codec."""
-        self._add((peer, peer.codec.encode(event)))
+        self._add((peer, peer.codec.encode_one(event)))
+
+    def send_bytes(self, peer: Peer, data: bytes) -> None:
+        """Bytes already rendered for one peer, in their place among its events."""
+        if data:
+            self._add((peer, data))
 
     def post(self, room: Room, event: Event) -> None:
         """An event for every local member of ``room``."""
@@ -320,26 +325,47 @@ def _report_failure(commit: asyncio.Future[None]) -> None:
 
 
 def _fan_out(members: Iterable[Member], events: list[Event]) -> None:
-    """Render ``events`` once per codec key and push the same bytes to every member; a
-    member who ignores someone gets a rendering of their own, without that someone."""
+    """Render ``events`` once per codec key and push the same bytes to every member. A
+    member who ignores someone, or whose dialect does not echo their own lines (IRC
+    without ``echo-message``), gets the pieces of that rendering meant for them."""
     rendered: dict[object, bytes] = {}
+    pieces: dict[object, list[bytes]] = {}
     for member in members:
         peer = member.peer
-        if member.ignores:
-            shown = [e for e in events if not _ignored(member, e)]
-            if shown:
-                peer.push(b"".join(peer.codec.encode(event) for event in shown))
-            continue
         codec = peer.codec
-        data = rendered.get(codec.key)
+        key = codec.key
+        if member.ignores or not codec.echoes:
+            shown = [not _hidden(member, event) for event in events]
+            if not all(shown):
+                parts = pieces.get(key)
+                if parts is None:
+                    parts = pieces[key] = [codec.encode(event) for event in events]
+                own = b"".join(part for part, show in zip(parts, shown, strict=True) if show)
+                if own:
+                    peer.push(own)
+                continue
+        data = rendered.get(key)
         if data is None:
-            data = rendered[codec.key] = b"".join(codec.encode(event) for event in events)
+            parts = pieces.get(key)
+            if parts is None:
+                parts = pieces[key] = [codec.encode(event) for event in events]
+            data = rendered[key] = b"".join(parts)
         peer.push(data)
 
 
 def _ignored(member: Member, event: Event) -> bool:
     """Whether ``member`` ignores who said ``event`` (messages and actions only)."""
     return type(event) in (Message, Action) and nick_key(event.nick or "") in member.ignores
+
+
+def _hidden(member: Member, event: Event) -> bool:
+    """Whether a room's ``event`` is not for ``member``: said by someone they ignore, or
+    by themselves when their dialect does not echo."""
+    if type(event) not in (Message, Action):
+        return False
+    if event.nick == member.nick and not member.peer.codec.echoes:
+        return True
+    return nick_key(event.nick or "") in member.ignores
 
 
 # --- the cluster seam --------------------------------------------------------------------
@@ -618,10 +644,13 @@ class Hub:
         raw_nick: str,
         request: str | None = None,
         password: str | None = None,
+        *,
+        lobby: bool = True,
     ) -> Member:
         """Claim a nickname for ``peer`` (logging in to its account if it has one), welcome
-        it and put it in the lobby. A registered nickname without its password is refused
-        with ``nick_registered``: the session asks for the password."""
+        it and put it in the lobby (IRC clients, which choose their channels, pass
+        ``lobby=False``). A registered nickname without its password is refused with
+        ``nick_registered``: the session asks for the password."""
         nick = validate_nick(raw_nick)
         account = await self._authenticate(peer.address, nick, password)
         async with self.lock:
@@ -639,11 +668,20 @@ class Hub:
             text = f"Welcome back, {nick}: you are logged in. Type /help for the commands."
         welcome = Welcome(nick=nick, account=member.account, text=text)
         self.tell(member, welcome, request)
+        if not lobby:
+            return member
         try:
             await self.join(member, LOBBY)
         except ProtocolError as exc:  # banned from the lobby: still welcome elsewhere
             self.tell(member, Error(code=exc.code, text=exc.message, command="join"))
         return member
+
+    async def authenticate(self, address: str, account: str, password: str) -> str:
+        """Check a password without registering (IRC's SASL, before the nickname is
+        chosen): the account's name, or the refusal."""
+        record = await self._authenticate(address, account, password)
+        assert record is not None  # a password was given: no account is a refusal
+        return record.name
 
     async def _authenticate(self, address: str, nick: str, password: str | None) -> Account | None:
         """The account ``nick`` logs in to, None for a guest nickname; or the refusal."""

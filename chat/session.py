@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final, cast
 
-from chat.codecs import JSON, TEXT, Codec, TextCodec, decoder_for
+from chat.codecs import JSON, TEXT, Codec, JsonCodec, TextCodec, decoder_for
 from chat.commands import (
     HelloCommand,
     HelpCommand,
@@ -43,6 +43,9 @@ from chat.commands import (
 )
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
+from chat.irc import IrcCodec, looks_like_irc
+from chat.ircd import SERVER_NAME as IRC_SERVER_NAME
+from chat.ircd import IrcHandler
 from chat.protocol import (
     MAX_WIDTH,
     MIN_WIDTH,
@@ -94,6 +97,7 @@ class Limits:
     register_timeout: float = 60.0
     ping_interval: float = 60.0
     ping_timeout: float = 30.0
+    greet_delay: float = 0.3
 
     @property
     def max_garbage(self) -> int:
@@ -150,6 +154,7 @@ class Session:
         "_flood",
         "_flood_told",
         "_framer",
+        "_greeted",
         "_password_for",
         "_ping_outstanding",
         "_queue",
@@ -167,6 +172,7 @@ class Session:
         "codec",
         "hub",
         "id",
+        "irc",
         "limits",
         "member",
         "peer_address",
@@ -190,6 +196,8 @@ class Session:
         self._password_for: str | None = None  # the registered nickname whose password is next
         self._client_echo_off = False  # a telnet client agreed to stop echoing
         self.codec: Codec = TEXT
+        self.irc: IrcHandler | None = None  # an IRC client's commands
+        self._greeted = False
         self._reader = reader
         self._writer = writer
         # A stream's transport reads too; the StreamWriter only types it as a WriteTransport.
@@ -261,7 +269,6 @@ class Session:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks  # owns the writer task, once there is one
-                self._send_greeting()
                 try:
                     await self._read_loop()
                 finally:
@@ -392,6 +399,11 @@ class Session:
     # --- reading -------------------------------------------------------------------------
 
     def _send_greeting(self) -> None:
+        """People's greeting: sent once it is clear the peer is not an IRC client, which
+        speaks first (see protocol.md, "One port, three dialects")."""
+        if self._greeted or self.irc is not None:
+            return
+        self._greeted = True
         self.send(
             Notice(
                 text=f"Welcome to {SERVER_NAME}! Programs: send a JSON hello (see protocol.md).\n"
@@ -403,10 +415,18 @@ class Session:
         """The next bytes from the peer, b"" at EOF; enforces registration and ping timeouts."""
         while True:
             try:
+                if not self._greeted and self.irc is None:
+                    # Silence first: a person at telnet or nc, who is waiting to be greeted.
+                    try:
+                        async with asyncio.timeout(self.limits.greet_delay):
+                            return await self._reader.read(READ_CHUNK)
+                    except TimeoutError:
+                        self._send_greeting()
+                        continue
                 if self.member is None:
                     async with asyncio.timeout_at(self._started + self.limits.register_timeout):
                         return await self._reader.read(READ_CHUNK)
-                if self.codec is JSON and self.limits.ping_interval > 0:
+                if not isinstance(self.codec, TextCodec) and self.limits.ping_interval > 0:
                     wait = (
                         self.limits.ping_timeout
                         if self._ping_outstanding
@@ -457,6 +477,12 @@ class Session:
                         "refused conn=%d peer=%s reason=%r", self.id, self.peer_address, foreign
                     )
                     return
+                if not self._greeted and looks_like_irc(data):
+                    codec = IrcCodec(IRC_SERVER_NAME)
+                    self.codec = codec
+                    self.irc = IrcHandler(self, codec)
+                else:
+                    self._send_greeting()
             if b"\xff" in data:  # never in UTF-8: telnet
                 self._negotiate(data)
             for line in self._framer.feed(data):
@@ -506,13 +532,18 @@ class Session:
         """Decode one line and carry it out: the chat's commands in the hub, the
         connection's here. A refusal raised on the way is answered, marked with the
         command and request it refuses."""
+        if self.irc is not None:
+            await self.irc.handle(raw)
+            return
         if self._password_for is not None:
             await self._password_line(raw)
             return
         registered = self.member is not None
         request: Request | None = None
+        codec = self.codec
+        assert isinstance(codec, TextCodec | JsonCodec)
         try:
-            request = decoder_for(self.codec, raw, registered=registered).decode(
+            request = decoder_for(codec, raw, registered=registered).decode(
                 raw, registered=registered
             )
             if request is None:
@@ -536,6 +567,23 @@ class Session:
         if self.member is None and isinstance(self.codec, TextCodec) and not self._ending:
             self.send(Notice(text=NICK_PROMPT))
 
+    def registered(self, member: Member) -> None:
+        """Registration succeeded (the IRC handler registers on its own)."""
+        self.member = member
+        log.info(
+            "register conn=%d peer=%s nick=%s account=%s dialect=%s",
+            self.id,
+            self.peer_address,
+            member.nick,
+            member.account or "-",
+            self.codec.name,
+        )
+
+    def quit(self, reason: str, request: str | None = None) -> None:
+        """The client says goodbye; ``reason`` is what the others are told."""
+        self.close_reason = reason or "Quit"
+        self.close(ErrorCode.QUIT, "Goodbye.", request)
+
     async def _connection_command(self, request: Request) -> None:
         """The commands about the connection itself (and registration)."""
         re = request.id
@@ -543,8 +591,7 @@ class Session:
             case PongCommand():
                 return
             case QuitCommand(reason=reason):
-                self.close_reason = reason or "Quit"
-                self.close(ErrorCode.QUIT, "Goodbye.", re)
+                self.quit(reason, re)
             case HelpCommand(command=name):
                 self.send(Notice(text=help_text(name), re=re))
             case PingCommand(token=token):
@@ -608,7 +655,7 @@ class Session:
 
     async def _register(self, nick: str, request: Request, password: str | None = None) -> None:
         try:
-            self.member = await self.hub.register(self, nick, request.id, password)
+            member = await self.hub.register(self, nick, request.id, password)
         except ProtocolError as exc:
             asking = isinstance(self.codec, TextCodec) and exc.code in _ASK_PASSWORD
             if exc.code is not ErrorCode.NICK_REGISTERED:
@@ -628,14 +675,7 @@ class Session:
                 self.send(Error(code=exc.code, text=exc.message, command=request.name))
             self._ask_password(nick)
             return
-        log.info(
-            "register conn=%d peer=%s nick=%s account=%s dialect=%s",
-            self.id,
-            self.peer_address,
-            self.member.nick,
-            self.member.account or "-",
-            self.codec.name,
-        )
+        self.registered(member)
 
     def _ask_password(self, nick: str) -> None:
         """A person typed a registered nickname: the next line is its password, which

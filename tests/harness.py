@@ -368,8 +368,10 @@ class LineClient:
                     return self.seen[start:]
 
     async def register(self, nick: str) -> None:
-        await self.expect(r"Choose a nickname")
+        # Typed at once, as nc users do: the greeting comes as the line arrives, without
+        # the wait (--greet-delay) for a silent peer.
         await self.send(nick)
+        await self.expect(r"Choose a nickname")
         await self.expect(rf"Welcome, {re.escape(nick)}!")
         await self.expect(r"\*\*\* \d+ in #lobby:")
 

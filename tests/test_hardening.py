@@ -411,7 +411,10 @@ async def test_foreign_protocol_gets_a_clear_bye_and_disconnect(
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(
     lines=st.lists(
-        st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\xff", b"")),
+        # No NUL: telnet's CR NUL ends a line, as CR LF does.
+        st.binary(max_size=40).map(
+            lambda b: b.replace(b"\n", b"").replace(b"\xff", b"").replace(b"\x00", b"")
+        ),
         max_size=12,
     ),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),

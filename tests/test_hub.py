@@ -193,12 +193,17 @@ class CountingCodec:
     def key(self) -> Hashable:
         return self.inner.key
 
-    def decode(self, raw: bytes, *, registered: bool) -> Request | None:
-        return self.inner.decode(raw, registered=registered)
+    @property
+    def echoes(self) -> bool:
+        return self.inner.echoes
 
     def encode(self, event: Event) -> bytes:
         self.encoded += 1
         return self.inner.encode(event)
+
+    def encode_one(self, event: Event) -> bytes:
+        self.encoded += 1
+        return self.inner.encode_one(event)
 
 
 class RecordingBackend(LocalBackend):

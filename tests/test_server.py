@@ -1450,6 +1450,7 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--register-timeout": str(limits.register_timeout),
         "--ping-interval": str(limits.ping_interval),
         "--ping-timeout": str(limits.ping_timeout),
+        "--greet-delay": str(limits.greet_delay),
         "--max-clients": str(config.max_clients),
         "--max-per-ip": str(config.max_per_ip),
         "--max-rooms": str(config.max_rooms),

@@ -1,0 +1,791 @@
+"""IRC commands on the chat's hub: registration, capabilities, and each command mapped to
+the command table's requests (protocol.md, "IRC").
+
+The session hands every line of an IRC connection here. Registration (``CAP``, ``PASS``,
+``NICK``, ``USER``, ``AUTHENTICATE``) is IRC's own; after it, each IRC command becomes one
+or more of the chat's requests (``JOIN #a,#b`` is two joins), carried out by the hub like
+any other dialect's, and a refusal becomes the numeric an IRC client expects, with the
+channel or nickname it concerns. A command IRC does not have but the chat does (``CLAIM``,
+``MUTE``, ``REGISTER``...) is read as the text dialect reads ``/claim``, so every command
+exists in every dialect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+from chat import __version__
+from chat.commands import (
+    AwayCommand,
+    BanCommand,
+    BansCommand,
+    Command,
+    DeopCommand,
+    DevoiceCommand,
+    HelpCommand,
+    InviteCommand,
+    JoinCommand,
+    KickCommand,
+    MeCommand,
+    ModeCommand,
+    MsgCommand,
+    NickCommand,
+    OpCommand,
+    PartCommand,
+    Request,
+    RoomsCommand,
+    SayCommand,
+    TopicCommand,
+    UnbanCommand,
+    VoiceCommand,
+    WhoCommand,
+    WhoisCommand,
+    help_text,
+    parse_text_line,
+)
+from chat.errors import ErrorCode, ProtocolError
+from chat.irc import CAPABILITIES, IrcCodec, IrcMessage, format_message, sanitize_irc
+from chat.protocol import NICK_MAX, REASON_MAX, ROOM_MAX, TOPIC_MAX, nick_key, validate_nick
+
+if TYPE_CHECKING:
+    from chat.session import Session
+
+# The commands a session answers itself: not reachable through IRC's fallback to the table.
+CONNECTION_COMMANDS: Final = frozenset(
+    {"QuitCommand", "PingCommand", "PongCommand", "WidthCommand", "HelloCommand"}
+)
+
+__all__ = ["SERVER_NAME", "IrcHandler"]
+
+log = logging.getLogger("chat.irc")
+
+SERVER_NAME: Final = "chat.server"
+MAX_TARGETS: Final = 4  # PRIVMSG / NOTICE targets in one line (TARGMAX)
+MAX_REGISTRATION_ATTEMPTS: Final = 10
+HISTORY_BATCH_MAX: Final = 100  # CHATHISTORY lines in one answer
+MOTD: Final = (
+    "This is chat: one server, one port, every kind of client.",
+    "IRC clients, telnet users and programs speaking JSON share its rooms.",
+    "Accounts: log in with SASL PLAIN or PASS; REGISTER <password> claims your nickname.",
+)
+# A refusal's IRC numeric, when it has one; its parameter is the channel or nickname the
+# command was about. Every other refusal is a NOTICE with the chat's text.
+_TARGET_NUMERICS: Final[dict[str, str]] = {
+    ErrorCode.NO_SUCH_NICK: "401",
+    ErrorCode.NO_SUCH_ROOM: "403",
+    ErrorCode.ROOM_INVALID: "403",
+    ErrorCode.ROOM_CONFUSABLE: "403",
+    ErrorCode.NOT_IN_ROOM: "442",
+    ErrorCode.TOO_MANY_ROOMS: "405",
+    ErrorCode.NOT_OPERATOR: "482",
+    ErrorCode.BANNED: "474",
+    ErrorCode.INVITE_ONLY: "473",
+    ErrorCode.MUTED: "404",
+    ErrorCode.MODERATED: "404",
+    ErrorCode.NICK_INVALID: "432",
+    ErrorCode.NICK_RESERVED: "432",
+    ErrorCode.NICK_TAKEN: "433",
+    ErrorCode.NICK_CONFUSABLE: "433",
+    ErrorCode.NICK_REGISTERED: "433",
+}
+_PLAIN_NUMERICS: Final[dict[str, str]] = {
+    ErrorCode.NOT_REGISTERED: "451",
+    ErrorCode.ALREADY_REGISTERED: "462",
+    ErrorCode.WRONG_PASSWORD: "464",
+    ErrorCode.LINE_TOO_LONG: "417",
+}
+_MODE_COMMANDS: Final[dict[str, Callable[[str, str], Command]]] = {
+    "+o": lambda room, arg: OpCommand(arg, room),
+    "-o": lambda room, arg: DeopCommand(arg, room),
+    "+v": lambda room, arg: VoiceCommand(arg, room),
+    "-v": lambda room, arg: DevoiceCommand(arg, room),
+    "+b": lambda room, arg: BanCommand(arg, room),
+    "-b": lambda room, arg: UnbanCommand(arg, room),
+}
+
+
+class IrcHandler:
+    """One IRC connection's commands, from ``CAP LS`` to ``QUIT``."""
+
+    def __init__(self, session: Session, codec: IrcCodec) -> None:
+        self.session = session
+        self.codec = codec
+        self.hub = session.hub
+        self._nick: str | None = None  # asked for before registration
+        self._user: str | None = None
+        self._password: str | None = None  # PASS
+        self._sasl: tuple[str, str] | None = None  # account and password, verified
+        self._sasl_buffer: str | None = None  # AUTHENTICATE data so far (None: not started)
+        self._negotiating = False  # between CAP LS / REQ and CAP END
+        self._failures = 0
+        self._ids = itertools.count(1)
+        self._invisible = False
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _emit(self, *lines: str) -> None:
+        self.hub.outbox.send_bytes(self.session, self.codec.emit(lines))
+
+    def _numeric(self, code: str, *params: str) -> None:
+        self._emit(self.codec.numeric(code, *params))
+
+    def _id(self, verb: str, extra: str = "") -> str:
+        return f"{verb}:{next(self._ids)}" + (f":{extra}" if extra else "")
+
+    async def _run(self, command: Command, verb: str, target: str = "", extra: str = "") -> bool:
+        """Carry out one of the chat's commands; a refusal becomes a numeric about
+        ``target``. True if it was done."""
+        member = self.session.member
+        assert member is not None
+        try:
+            pending = self.hub.dispatch(member, Request(command, self._id(verb, extra)))
+            if pending is not None:
+                await pending
+        except ProtocolError as exc:
+            self._refuse(exc, verb, target)
+            return False
+        return True
+
+    def _refuse(self, exc: ProtocolError, verb: str, target: str = "") -> None:
+        if verb == "NOTICE":
+            return  # never an automatic reply to a NOTICE (RFC 2812, 3.3.2)
+        code = exc.code
+        numeric = _TARGET_NUMERICS.get(code)
+        if numeric == "442" and verb in ("PRIVMSG", "NOTICE"):
+            numeric = "404"
+        if numeric is not None:
+            self._numeric(numeric, target or "*", exc.message)
+        elif code in (ErrorCode.BAD_ARGUMENTS, ErrorCode.UNKNOWN_COMMAND):
+            self._numeric("461" if code is ErrorCode.BAD_ARGUMENTS else "421", verb, exc.message)
+        elif code in _PLAIN_NUMERICS:
+            self._numeric(_PLAIN_NUMERICS[code], exc.message)
+        else:
+            self._emit(format_message(SERVER_NAME, "NOTICE", self.codec.nick, exc.message))
+
+    # --- entry ------------------------------------------------------------------------------
+
+    async def handle(self, raw: bytes) -> None:
+        """One line from the client."""
+        try:
+            message = self.codec.parse(raw)
+        except ProtocolError as exc:
+            self._refuse(exc, "*")
+            return
+        if message is None:
+            return
+        label = message.tags.get("label") if "labeled-response" in self.codec.caps else None
+        if label:
+            self.codec.begin_label(label)
+        try:
+            if self.session.member is None:
+                await self._unregistered(message)
+            else:
+                await self._registered(message)
+        finally:
+            self.hub.outbox.send_bytes(self.session, self.codec.finish())
+
+    # --- registration -------------------------------------------------------------------------
+
+    async def _unregistered(self, message: IrcMessage) -> None:
+        verb, params = message.command, message.params
+        match verb:
+            case "CAP":
+                self._cap(params)
+            case "PASS":
+                if not params:
+                    self._numeric("461", "PASS", "Not enough parameters")
+                else:
+                    self._password = params[0]
+            case "NICK":
+                if not params or not params[0]:
+                    self._numeric("431", "No nickname given")
+                    return
+                try:
+                    self._nick = validate_nick(params[0])
+                except ProtocolError as exc:
+                    self._refuse(exc, "NICK", params[0])
+                    return
+            case "USER":
+                if len(params) < 4 or not params[0]:
+                    self._numeric("461", "USER", "Not enough parameters")
+                    return
+                self._user = params[0]
+            case "AUTHENTICATE":
+                await self._authenticate(params)
+                return
+            case "PING":
+                self._emit(format_message(SERVER_NAME, "PONG", SERVER_NAME, *params[:1]))
+                return
+            case "PONG":
+                return
+            case "QUIT":
+                self.session.quit(params[0] if params else "")
+                return
+            case _:
+                self._numeric("451", "You have not registered")
+                return
+        await self._complete()
+
+    def _cap(self, params: tuple[str, ...]) -> None:
+        sub = params[0].upper() if params else ""
+        target = self.codec.nick
+        match sub:
+            case "LS":
+                if self.session.member is None:
+                    self._negotiating = True
+                modern = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
+                caps = " ".join(
+                    f"{name}={value}" if value and modern else name
+                    for name, value in CAPABILITIES.items()
+                )
+                self._emit(format_message(SERVER_NAME, "CAP", target, "LS", caps))
+            case "LIST":
+                enabled = " ".join(sorted(self.codec.caps))
+                self._emit(format_message(SERVER_NAME, "CAP", target, "LIST", enabled))
+            case "REQ":
+                if self.session.member is None:
+                    self._negotiating = True
+                asked = params[1].split() if len(params) > 1 else []
+                wanted = set(self.codec.caps)
+                for name in asked:
+                    bare = name.removeprefix("-")
+                    if bare not in CAPABILITIES:
+                        self._emit(
+                            format_message(SERVER_NAME, "CAP", target, "NAK", " ".join(asked))
+                        )
+                        return
+                    if name.startswith("-"):
+                        wanted.discard(bare)
+                    else:
+                        wanted.add(bare)
+                self.codec.set_caps(wanted)
+                self._emit(format_message(SERVER_NAME, "CAP", target, "ACK", " ".join(asked)))
+            case "END":
+                self._negotiating = False
+            case _:
+                self._numeric("410", sub or "*", "Invalid CAP command")
+
+    async def _authenticate(self, params: tuple[str, ...]) -> None:
+        """SASL PLAIN (https://ircv3.net/specs/extensions/sasl-3.1)."""
+        if "sasl" not in self.codec.caps:
+            self._numeric("904", "SASL authentication failed: request the sasl capability")
+            return
+        if self._sasl is not None:
+            self._numeric("907", "You have already authenticated using SASL")
+            return
+        data = params[0] if params else ""
+        if data == "*":
+            self._sasl_buffer = None
+            self._numeric("906", "SASL authentication aborted")
+            return
+        if self._sasl_buffer is None:
+            if data.upper() != "PLAIN":
+                self._numeric("908", "PLAIN", "are available SASL mechanisms")
+                self._numeric("904", "SASL authentication failed")
+                return
+            self._sasl_buffer = ""
+            self._emit("AUTHENTICATE +")
+            return
+        if data != "+":
+            self._sasl_buffer += data
+        if len(data) == 400 and len(self._sasl_buffer) <= 1200:
+            return  # more to come
+        payload, self._sasl_buffer = self._sasl_buffer, None
+        try:
+            _authz, account, password = (
+                base64.b64decode(payload, validate=True).decode().split("\0")
+            )
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            self._numeric("904", "SASL authentication failed: not a PLAIN message")
+            return
+        try:
+            name = await self.hub.authenticate(self.session.address, account, password)
+        except ProtocolError as exc:
+            self._numeric("904", f"SASL authentication failed: {exc.message}")
+            return
+        self._sasl = (name, password)
+        mask = f"{self._nick or name}!{name}@chat"
+        self._numeric("900", mask, name, f"You are now logged in as {name}")
+        self._numeric("903", "SASL authentication successful")
+
+    async def _complete(self) -> None:
+        """Register once NICK and USER are in and capability negotiation is over."""
+        if self._nick is None or self._user is None or self._negotiating:
+            return
+        nick, password = self._nick, self._password
+        if self._sasl is not None:
+            nick, password = self._sasl
+        session = self.session
+        try:
+            member = await self.hub.register(session, nick, None, password, lobby=False)
+        except ProtocolError as exc:
+            self._failures += 1
+            self._nick = None
+            if exc.code is ErrorCode.NICK_REGISTERED:
+                exc = ProtocolError(
+                    exc.code, "Nickname is registered: log in with SASL PLAIN or PASS"
+                )
+            self._refuse(exc, "NICK", nick)
+            if self._failures >= MAX_REGISTRATION_ATTEMPTS:
+                session.close(
+                    ErrorCode.TOO_MANY_ERRORS,
+                    f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
+                )
+            return
+        session.registered(member)
+        self._password = None
+        self._burst()
+
+    def _burst(self) -> None:
+        """What follows 001-004: ISUPPORT, LUSERS, MOTD."""
+        tokens = self._isupport()
+        for start in range(0, len(tokens), 12):
+            self._numeric("005", *tokens[start : start + 12], "are supported by this server")
+        self._lusers()
+        self._motd()
+
+    def _isupport(self) -> list[str]:
+        limits = self.session.limits
+        return [
+            "AWAYLEN=200",
+            "CASEMAPPING=ascii",
+            f"CHANLIMIT=#:{self.hub.max_rooms}",
+            "CHANMODES=b,,,imt",
+            f"CHANNELLEN={ROOM_MAX}",
+            "CHANTYPES=#",
+            f"CHATHISTORY={HISTORY_BATCH_MAX}",
+            "ELIST=",
+            f"KICKLEN={REASON_MAX}",
+            f"LINELEN={min(512, limits.max_line)}",
+            "MODES=4",
+            "NETWORK=chat",
+            f"NICKLEN={NICK_MAX}",
+            "PREFIX=(ov)@+",
+            "SAFELIST",
+            "STATUSMSG=",
+            f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},JOIN:,PART:,KICK:1,WHOIS:1",
+            f"TOPICLEN={TOPIC_MAX}",
+            "UTF8ONLY",
+        ]
+
+    def _lusers(self) -> None:
+        users = len(self.hub.members)
+        self._numeric("251", f"There are {users} users and 0 invisible on 1 servers")
+        self._numeric("254", str(len(self.hub.room_names())), "channels formed")
+        self._numeric("255", f"I have {users} clients and 0 servers")
+
+    def _motd(self) -> None:
+        self._numeric("375", f"- {SERVER_NAME} Message of the day -")
+        for line in MOTD:
+            self._numeric("372", f"- {line}")
+        self._numeric("376", "End of /MOTD command")
+
+    # --- registered -----------------------------------------------------------------------
+
+    async def _registered(self, message: IrcMessage) -> None:
+        verb, params = message.command, message.params
+        handler = self._commands.get(verb)
+        if handler is not None:
+            await handler(self, params)
+        elif verb in ("USER", "PASS"):
+            self._numeric("462", "You may not reregister")
+        elif verb == "AUTHENTICATE":
+            self._numeric("907", "You have already registered")
+        else:
+            await self._chat_command(verb, params)
+
+    def _need(self, verb: str, params: tuple[str, ...], count: int) -> bool:
+        if len(params) < count or not params[0]:
+            self._numeric("461", verb, "Not enough parameters")
+            return False
+        return True
+
+    async def _privmsg(self, params: tuple[str, ...], verb: str = "PRIVMSG") -> None:
+        if not params or not params[0]:
+            if verb == "PRIVMSG":
+                self._numeric("411", f"No recipient given ({verb})")
+            return
+        if len(params) < 2 or not params[1]:
+            if verb == "PRIVMSG":
+                self._numeric("412", "No text to send")
+            return
+        text = params[1]
+        action = text.startswith("\x01ACTION") and text.endswith("\x01")
+        if text.startswith("\x01") and not action:
+            return  # CTCP other than ACTION: no other dialect could answer it
+        if action:
+            text = text[8:-1]
+        text = sanitize_irc(text).strip() if action else sanitize_irc(text)
+        if not text.strip():
+            if verb == "PRIVMSG":
+                self._numeric("412", "No text to send")
+            return
+        for target in params[0].split(",")[:MAX_TARGETS]:
+            command: Command
+            if target.startswith("#"):
+                command = MeCommand(text, target) if action else SayCommand(text, target)
+            else:
+                command = MsgCommand(target, f"* {text}" if action else text)
+            await self._run(command, verb, target)
+
+    async def _notice(self, params: tuple[str, ...]) -> None:
+        await self._privmsg(params, "NOTICE")
+
+    async def _join(self, params: tuple[str, ...]) -> None:
+        if not self._need("JOIN", params, 1):
+            return
+        if params[0] == "0":
+            member = self.session.member
+            assert member is not None
+            for room in list(member.rooms.values()):
+                await self._run(PartCommand(room.name), "PART", room.name)
+            return
+        for name in params[0].split(","):
+            if not name.startswith("#"):
+                self._numeric("403", name, "No such channel")
+                continue
+            await self._run(JoinCommand(name), "JOIN", name)
+
+    async def _part(self, params: tuple[str, ...]) -> None:
+        if not self._need("PART", params, 1):
+            return
+        reason = sanitize_irc(params[1]) if len(params) > 1 else ""
+        for name in params[0].split(","):
+            member = self.session.member
+            assert member is not None
+            if name.lower() not in member.rooms:
+                known = name.lower() in {n.lower() for n in self.hub.room_names()}
+                self._numeric(
+                    "442" if known else "403",
+                    name,
+                    "You're not on that channel" if known else "No such channel",
+                )
+                continue
+            await self._run(PartCommand(name, reason[:REASON_MAX]), "PART", name)
+
+    async def _topic(self, params: tuple[str, ...]) -> None:
+        if not self._need("TOPIC", params, 1):
+            return
+        text = sanitize_irc(params[1]) if len(params) > 1 else None
+        await self._run(TopicCommand(params[0], text), "TOPIC", params[0])
+
+    async def _names(self, params: tuple[str, ...]) -> None:
+        if not params or not params[0]:
+            self._numeric("366", "*", "End of /NAMES list")
+            return
+        for name in params[0].split(","):
+            member = self.session.member
+            assert member is not None
+            if name.lower() not in {n.lower() for n in self.hub.room_names()}:
+                self._numeric("366", name, "End of /NAMES list")
+                continue
+            await self._run(WhoCommand(name), "NAMES", name)
+
+    async def _list(self, params: tuple[str, ...]) -> None:
+        match = params[0] if params and not params[0].startswith(("<", ">")) else None
+        await self._run(RoomsCommand(0, match.strip("*") if match else None), "LIST")
+
+    async def _who(self, params: tuple[str, ...]) -> None:
+        mask = params[0] if params else "*"
+        if mask.startswith("#"):
+            if mask.lower() in {n.lower() for n in self.hub.room_names()}:
+                await self._run(WhoCommand(mask), "WHO", mask, extra=mask)
+                return
+        else:
+            target = self.hub.find(mask)
+            if target is not None:
+                room = next(iter(target.rooms.values()), None)
+                channel = room.name if room is not None else "*"
+                self._emit(
+                    self.codec.numeric(
+                        "352",
+                        channel,
+                        target.nick[:10],
+                        "chat",
+                        SERVER_NAME,
+                        target.nick,
+                        "G" if target.away else "H",
+                        f"0 {target.nick}",
+                    )
+                )
+        self._numeric("315", mask, "End of /WHO list")
+
+    async def _whois(self, params: tuple[str, ...]) -> None:
+        if not params or not params[0]:
+            self._numeric("431", "No nickname given")
+            return
+        nick = params[-1]  # WHOIS [server] nick
+        if not await self._run(WhoisCommand(nick), "WHOIS", nick):
+            self._numeric("318", nick, "End of /WHOIS list")
+
+    async def _nick_change(self, params: tuple[str, ...]) -> None:
+        if not params or not params[0]:
+            self._numeric("431", "No nickname given")
+            return
+        if await self._run(NickCommand(params[0]), "NICK", params[0]):
+            member = self.session.member
+            assert member is not None
+            self.codec.nick = member.nick
+
+    async def _quit(self, params: tuple[str, ...]) -> None:
+        self.session.quit(sanitize_irc(params[0])[:REASON_MAX] if params else "")
+
+    async def _ping(self, params: tuple[str, ...]) -> None:
+        if not params:
+            self._numeric("409", "No origin specified")
+            return
+        self._emit(format_message(SERVER_NAME, "PONG", SERVER_NAME, params[0]))
+
+    async def _pong(self, params: tuple[str, ...]) -> None:
+        return
+
+    async def _mode(self, params: tuple[str, ...]) -> None:
+        if not self._need("MODE", params, 1):
+            return
+        target = params[0]
+        if not target.startswith("#"):
+            self._user_mode(target, params[1:])
+            return
+        if len(params) == 1:
+            await self._run(ModeCommand(target), "MODE", target)
+            return
+        changes, args = params[1], list(params[2:])
+        sign = "+"
+        for letter in changes:
+            if letter in "+-":
+                sign = letter
+                continue
+            change = sign + letter
+            if letter == "b" and not args:
+                await self._run(BansCommand(target), "MODE", target)
+            elif letter in "ovb":
+                if not args:
+                    self._numeric("461", "MODE", "Not enough parameters")
+                    return
+                arg = args.pop(0)
+                await self._run(_MODE_COMMANDS[change](target, arg), "MODE", target)
+            elif letter in "imt":
+                await self._run(ModeCommand(target, change), "MODE", target)
+            else:
+                self._numeric("472", letter, "is an unknown mode char to me")
+
+    def _user_mode(self, target: str, changes: tuple[str, ...]) -> None:
+        me = self.codec.nick
+        if nick_key(target) != nick_key(me):
+            found = self.hub.find(target) is not None
+            self._numeric(
+                "502" if found else "401",
+                *(() if found else (target,)),
+                "Cannot change mode for other users" if found else "No such nick",
+            )
+            return
+        if not changes:
+            self._numeric("221", "+i" if self._invisible else "+")
+            return
+        sign, applied = "+", ""
+        for letter in changes[0]:
+            if letter in "+-":
+                sign = letter
+            elif letter == "i":
+                if self._invisible != (sign == "+"):
+                    self._invisible = sign == "+"
+                    applied += sign + "i"
+            else:
+                self._numeric("501", "Unknown MODE flag")
+        if applied:
+            self._emit(format_message(f"{me}!{me}@chat", "MODE", me, applied))
+
+    async def _away(self, params: tuple[str, ...]) -> None:
+        text = sanitize_irc(params[0])[:200] if params and params[0] else None
+        await self._run(AwayCommand(text), "AWAY")
+
+    async def _ison(self, params: tuple[str, ...]) -> None:
+        if not self._need("ISON", params, 1):
+            return
+        nicks = [n for word in params for n in word.split()]
+        online = []
+        for nick in nicks:
+            found = self.hub.find(nick)
+            if found is not None:
+                online.append(found.nick)
+            else:
+                remote = await self.hub.backend.locate(nick) if self.hub.backend.linked else None
+                if remote is not None:
+                    online.append(remote)
+        self._numeric("303", " ".join(online))
+
+    async def _userhost(self, params: tuple[str, ...]) -> None:
+        if not self._need("USERHOST", params, 1):
+            return
+        replies = []
+        for nick in params[:5]:
+            found = self.hub.find(nick)
+            if found is not None:
+                away = "-" if found.away else "+"
+                replies.append(f"{found.nick}={away}{found.nick[:10]}@chat")
+        self._numeric("302", " ".join(replies))
+
+    async def _motd_command(self, params: tuple[str, ...]) -> None:
+        self._motd()
+
+    async def _lusers_command(self, params: tuple[str, ...]) -> None:
+        self._lusers()
+
+    async def _version(self, params: tuple[str, ...]) -> None:
+        self._emit(
+            format_message(
+                SERVER_NAME,
+                "351",
+                self.codec.nick,
+                f"chat-{__version__}",
+                SERVER_NAME,
+                "IRC, JSON Lines and text on one port",
+            )
+        )
+        tokens = self._isupport()
+        for start in range(0, len(tokens), 12):
+            self._numeric("005", *tokens[start : start + 12], "are supported by this server")
+
+    async def _time(self, params: tuple[str, ...]) -> None:
+        now = time.strftime("%A %B %d %Y -- %H:%M:%S +00:00", time.gmtime())
+        self._numeric("391", SERVER_NAME, now)
+
+    async def _kick(self, params: tuple[str, ...]) -> None:
+        if not self._need("KICK", params, 2):
+            return
+        room = params[0]
+        reason = sanitize_irc(params[2])[:REASON_MAX] if len(params) > 2 else ""
+        for nick in params[1].split(","):
+            target = nick if self.hub.find(nick) is not None else room
+            await self._run(KickCommand(nick, room, reason), "KICK", target)
+
+    async def _invite(self, params: tuple[str, ...]) -> None:
+        if not self._need("INVITE", params, 2):
+            return
+        nick, room = params[0], params[1]
+        if self.hub.find(nick) is None and not self.hub.backend.linked:
+            self._numeric("401", nick, "No such nick")
+            return
+        await self._run(InviteCommand(nick, room), "INVITE", room)
+
+    async def _cap_command(self, params: tuple[str, ...]) -> None:
+        self._cap(params)
+
+    async def _chathistory(self, params: tuple[str, ...]) -> None:
+        """``CHATHISTORY LATEST <channel> * <n>`` and ``BEFORE <channel> timestamp=<t> <n>``:
+        the lines the store keeps, oldest first, in a ``chathistory`` batch."""
+        if len(params) < 4:
+            self._emit(
+                format_message(
+                    SERVER_NAME, "FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "Missing parameters"
+                )
+            )
+            return
+        sub, target, point, count = params[0].upper(), params[1], params[2], params[3]
+        member = self.session.member
+        assert member is not None
+        room = member.rooms.get(target.lower())
+        if room is None:
+            self._emit(
+                format_message(
+                    SERVER_NAME,
+                    "FAIL",
+                    "CHATHISTORY",
+                    "INVALID_TARGET",
+                    sub,
+                    target,
+                    "You are not in that channel",
+                )
+            )
+            return
+        before = time.time() + 1.0
+        if sub == "BEFORE" and point.startswith("timestamp="):
+            before = _parse_time(point[10:]) or before
+        elif not (sub == "LATEST" and point == "*"):
+            self._emit(
+                format_message(
+                    SERVER_NAME,
+                    "FAIL",
+                    "CHATHISTORY",
+                    "INVALID_PARAMS",
+                    sub,
+                    "Only LATEST * and BEFORE timestamp= are supported",
+                )
+            )
+            return
+        limit = min(int(count), HISTORY_BATCH_MAX) if count.isdigit() else HISTORY_BATCH_MAX
+        lines = await self.hub.store.before(room.name, before, limit) if limit else []
+        self._emit(*self.codec.history_batch(room.name, lines))
+
+    async def _chat_command(self, verb: str, params: tuple[str, ...]) -> None:
+        """A command of the chat's own that IRC lacks (``CLAIM``, ``MUTE``, ``REGISTER``...),
+        read as the text dialect reads it; anything else is an unknown command."""
+        line = "/" + verb.lower() + "".join(" " + p for p in params)
+        try:
+            parsed = parse_text_line(sanitize_irc(line), registered=True)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.UNKNOWN_COMMAND:
+                self._numeric("421", verb, "Unknown command")
+            else:
+                self._refuse(exc, verb)
+            return
+        if type(parsed) is HelpCommand:
+            text = help_text(parsed.command)
+            self._emit(
+                *(
+                    format_message(SERVER_NAME, "NOTICE", self.codec.nick, line or " ")
+                    for line in text.split("\n")
+                )
+            )
+            return
+        if parsed is None or type(parsed).__name__ in CONNECTION_COMMANDS:
+            self._numeric("421", verb, "Unknown command")
+            return
+        await self._run(parsed, verb)
+
+    _commands: Final[dict[str, Callable[[IrcHandler, tuple[str, ...]], Awaitable[None]]]] = {
+        "PRIVMSG": _privmsg,
+        "NOTICE": _notice,
+        "JOIN": _join,
+        "PART": _part,
+        "TOPIC": _topic,
+        "NAMES": _names,
+        "LIST": _list,
+        "WHO": _who,
+        "WHOIS": _whois,
+        "NICK": _nick_change,
+        "QUIT": _quit,
+        "PING": _ping,
+        "PONG": _pong,
+        "MODE": _mode,
+        "AWAY": _away,
+        "ISON": _ison,
+        "USERHOST": _userhost,
+        "MOTD": _motd_command,
+        "LUSERS": _lusers_command,
+        "VERSION": _version,
+        "TIME": _time,
+        "KICK": _kick,
+        "INVITE": _invite,
+        "CAP": _cap_command,
+        "CHATHISTORY": _chathistory,
+    }
+
+
+def _parse_time(text: str) -> float | None:
+    """An IRCv3 timestamp (``2026-12-05T06:40:00.000Z``) as Unix time."""
+    try:
+        base, _, millis = text.rstrip("Z").partition(".")
+        return (
+            time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+            - time.timezone
+            + int(millis or 0) / 1000
+        )
+    except ValueError:
+        return None

@@ -661,9 +661,20 @@ class IrcHandler:
             return
         room = params[0]
         reason = sanitize_irc(params[2])[:REASON_MAX] if len(params) > 2 else ""
+        member = self.session.member
+        assert member is not None
+        joined = member.rooms.get(room.lower())
         for nick in params[1].split(","):
-            target = nick if self.hub.find(nick) is not None else room
-            await self._run(KickCommand(nick, room, reason), "KICK", target)
+            key = nick_key(nick)
+            if (
+                joined is not None
+                and joined.operates(member)
+                and key not in joined.remote
+                and all(nick_key(m.nick) != key for m in joined.members)
+            ):
+                self._numeric("441", nick, room, "They aren't on that channel")
+                continue
+            await self._run(KickCommand(nick, room, reason), "KICK", room)
 
     async def _invite(self, params: tuple[str, ...]) -> None:
         if not self._need("INVITE", params, 2):

@@ -8,6 +8,8 @@ Servers (each started fresh for every run, pinned to CPU 0; chat-bench pinned to
 - ``chat``: this project's ``chat-server`` with every feature on; limits raised by flags
   only where a scenario needs it (flood control raised, not disabled; more clients and
   per-IP connections; for the flat-out fan-out a bigger send queue); ``--db :memory:``.
+- ``chat-irc``: ``chat`` measured with IRC clients (``chat-bench --protocol irc``: ``NICK``,
+  ``USER``, ``JOIN``, ``PRIVMSG``), as ngIRCd is.
 - ``chat-db``: the same with its SQLite store on (a fresh ``--db`` file per run): every
   line is committed before it is delivered.
 - ``ngircd``: ngIRCd from Debian (``apt-get install ngircd``) with benchmarks/ngircd.conf.
@@ -100,6 +102,9 @@ SERVERS = {
     ),
     "chat-db": Server(
         "chat-db", "chat-server with its SQLite store (--db FILE)", 9401, "chat", _chat_db_command
+    ),
+    "chat-irc": Server(
+        "chat-irc", "chat-server, IRC clients (--db :memory:)", 9401, "irc", _chat_command
     ),
     "ngircd": Server(
         "ngircd",

@@ -22,6 +22,7 @@ of other nodes; the hub knows another node's users only as names in its rooms
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -327,45 +328,57 @@ def _report_failure(commit: asyncio.Future[None]) -> None:
 def _fan_out(members: Iterable[Member], events: list[Event]) -> None:
     """Render ``events`` once per codec key and push the same bytes to every member. A
     member who ignores someone, or whose dialect does not echo their own lines (IRC
-    without ``echo-message``), gets the pieces of that rendering meant for them."""
+    without ``echo-message``), gets that rendering with those lines cut out."""
     rendered: dict[object, bytes] = {}
-    pieces: dict[object, list[bytes]] = {}
+    offsets: dict[object, list[int]] = {}  # where each event's bytes start, and the end
+    senders: dict[str, list[int]] | None = None  # nick key -> indices of their lines
     for member in members:
         peer = member.peer
         codec = peer.codec
         key = codec.key
-        if member.ignores or not codec.echoes:
-            shown = [not _hidden(member, event) for event in events]
-            if not all(shown):
-                parts = pieces.get(key)
-                if parts is None:
-                    parts = pieces[key] = [codec.encode(event) for event in events]
-                own = b"".join(part for part, show in zip(parts, shown, strict=True) if show)
-                if own:
-                    peer.push(own)
-                continue
         data = rendered.get(key)
         if data is None:
-            parts = pieces.get(key)
-            if parts is None:
-                parts = pieces[key] = [codec.encode(event) for event in events]
+            parts = [codec.encode(event) for event in events]
             data = rendered[key] = b"".join(parts)
+            offsets[key] = [0, *itertools.accumulate(len(part) for part in parts)]
+        if member.ignores or not codec.echoes:
+            if senders is None:
+                senders = _senders(events)
+            hide: list[int] = []
+            if not codec.echoes:
+                hide += senders.get(nick_key(member.nick), ())
+            for nick in senders.keys() & member.ignores:
+                hide += senders[nick]
+            if hide:
+                data = _without(data, offsets[key], sorted(hide))
+                if not data:
+                    continue
         peer.push(data)
+
+
+def _senders(events: list[Event]) -> dict[str, list[int]]:
+    """Who said which of ``events`` (messages and actions), by nick key."""
+    found: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        if type(event) in (Message, Action):
+            found.setdefault(nick_key(event.nick or ""), []).append(index)
+    return found
+
+
+def _without(data: bytes, offsets: list[int], hide: list[int]) -> bytes:
+    """``data`` less the rendered events at the (sorted) indices ``hide``."""
+    pieces = []
+    start = 0
+    for index in hide:
+        pieces.append(data[start : offsets[index]])
+        start = offsets[index + 1]
+    pieces.append(data[start:])
+    return b"".join(pieces)
 
 
 def _ignored(member: Member, event: Event) -> bool:
     """Whether ``member`` ignores who said ``event`` (messages and actions only)."""
     return type(event) in (Message, Action) and nick_key(event.nick or "") in member.ignores
-
-
-def _hidden(member: Member, event: Event) -> bool:
-    """Whether a room's ``event`` is not for ``member``: said by someone they ignore, or
-    by themselves when their dialect does not echo."""
-    if type(event) not in (Message, Action):
-        return False
-    if event.nick == member.nick and not member.peer.codec.echoes:
-        return True
-    return nick_key(event.nick or "") in member.ignores
 
 
 # --- the cluster seam --------------------------------------------------------------------

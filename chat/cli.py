@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from chat import __version__
 from chat.errors import ProtocolError
+from chat.ircd import DEFAULT_SERVER_NAME
 from chat.protocol import validate_nick
 from chat.server import ChatServer, ServerConfig
 from chat.session import Limits
@@ -272,6 +273,12 @@ def build_server_parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="prefix of every Redis key and channel, to share one Redis between chats",
     )
+    add(
+        "--server-name",
+        default=DEFAULT_SERVER_NAME,
+        metavar="NAME",
+        help="the name IRC clients know this server by (in numerics, PONG, WHOIS)",
+    )
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -306,6 +313,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         redis_url=args.redis,
         node_id=args.node_id,
         redis_prefix=args.redis_prefix,
+        server_name=args.server_name,
         reuse_port=args.reuse_port,
         limits=Limits(
             max_line=args.max_line,

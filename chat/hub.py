@@ -658,12 +658,14 @@ class Hub:
         request: str | None = None,
         password: str | None = None,
         *,
-        lobby: bool = True,
+        names_rooms: bool = False,
     ) -> Member:
         """Claim a nickname for ``peer`` (logging in to its account if it has one), welcome
-        it and put it in the lobby (IRC clients, which choose their channels, pass
-        ``lobby=False``). A registered nickname without its password is refused with
-        ``nick_registered``: the session asks for the password."""
+        it and put it in the lobby. A registered nickname without its password is refused
+        with ``nick_registered``: the session asks for the password.
+
+        ``names_rooms``: the client names the room of every line (IRC): it chooses its
+        rooms itself, so it is not put in the lobby, and has no active room to be told of."""
         nick = validate_nick(raw_nick)
         account = await self._authenticate(peer.address, nick, password)
         async with self.lock:
@@ -671,7 +673,7 @@ class Hub:
                 self._ghost(nick, account.name)
             self._check_available(nick)
             await self.backend.claim(nick)
-            member = Member(nick, peer, since=time.time())
+            member = Member(nick, peer, since=time.time(), names_rooms=names_rooms)
             self._by_key[nick_key(nick)] = member
             self._by_skeleton[nick_skeleton(nick)] = member
         if account is not None:
@@ -681,7 +683,7 @@ class Hub:
             text = f"Welcome back, {nick}: you are logged in. Type /help for the commands."
         welcome = Welcome(nick=nick, account=member.account, text=text)
         self.tell(member, welcome, request)
-        if not lobby:
+        if names_rooms:
             return member
         try:
             await self.join(member, LOBBY)
@@ -1004,6 +1006,8 @@ class Hub:
         member.history_from.pop(room_key(room.name), None)
         if member.active is room:
             member.active = next(reversed(member.rooms.values()), None)
+            if member.names_rooms:
+                return
             if member.active is None:
                 notice = Notice(text="You are in no room now; /join #room to talk.")
             else:
@@ -1099,17 +1103,21 @@ class Hub:
     # per event-loop iteration, so a member gets one push with everything said in that
     # iteration instead of one push per message.
 
-    def say(self, member: Member, name: str | None, text: str) -> None:
+    def say(self, member: Member, name: str | None, text: str) -> Message:
         room = self._member_room(member, name)
         if room.modes or room.mutes:
             self._check_voice(member, room)
-        self._said(member, room, Message(room=room.name, nick=member.nick, text=text))
+        event = Message(room=room.name, nick=member.nick, text=text)
+        self._said(member, room, event)
+        return event
 
-    def act(self, member: Member, name: str | None, text: str) -> None:
+    def act(self, member: Member, name: str | None, text: str) -> Action:
         room = self._member_room(member, name)
         if room.modes or room.mutes:
             self._check_voice(member, room)
-        self._said(member, room, Action(room=room.name, nick=member.nick, text=text))
+        event = Action(room=room.name, nick=member.nick, text=text)
+        self._said(member, room, event)
+        return event
 
     def _check_voice(self, member: Member, room: Room) -> None:
         if room.may_speak(member):
@@ -1821,6 +1829,10 @@ class Hub:
     def notice_all(self, text: str) -> None:
         """Tell every local user something about the server itself."""
         self.outbox.deliver(self.members, Notice(text=text))
+
+    def has_room(self, name: str) -> bool:
+        """Whether a room of that name exists (in memory: joined, claimed or the lobby)."""
+        return room_key(name) in self._rooms
 
     def room_names(self) -> list[str]:
         return [room.name for room in self._rooms.values()]

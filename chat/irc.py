@@ -87,6 +87,8 @@ _FORMATTING_RE: Final = re.compile(
     r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"
     r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
 )
+# The text dialect's marks at the start of a line ("[#room] *** "), not repeated in a NOTICE.
+_PREFIX_RE: Final = re.compile(r"^(?:\[#\S+\] )?(?:\*\*\*|!!!) ?")
 _TAG_ESCAPES: Final = {"\\": "\\\\", ";": "\\:", " ": "\\s", "\r": "\\r", "\n": "\\n"}
 _TAG_UNESCAPES: Final = {"\\": "\\", ":": ";", "s": " ", "r": "\r", "n": "\n"}
 _TAG_ESCAPE_RE: Final = re.compile(r"[\\; \r\n]")
@@ -229,12 +231,15 @@ class IrcCodec:
     """IRC lines in, IRC lines out; one per connection (see the module's docstring)."""
 
     name: Final = "irc"
+    # A room never echoes to an IRC connection: with echo-message, chat.ircd sends the
+    # sender's copy itself, in its place among the command's answers (labeled-response).
+    echoes: Final = False
 
     def __init__(self, server: str) -> None:
         self.server = server
         self.nick = "*"  # the target of numerics: "*" until registered
         self.caps: frozenset[str] = frozenset()
-        self.echoes = False  # echo-message: this connection gets its own messages back
+        self.echo_message = False  # this connection gets its own messages back
         self.key: tuple[str, bool, bool] = ("irc", False, False)
         self._batches = itertools.count(1)
         self._history: tuple[str, str] | None = None  # (batch id, room) of an open replay
@@ -243,7 +248,7 @@ class IrcCodec:
 
     def set_caps(self, caps: Iterable[str]) -> None:
         self.caps = frozenset(caps)
-        self.echoes = "echo-message" in self.caps
+        self.echo_message = "echo-message" in self.caps
         self.key = ("irc", "server-time" in self.caps, "message-tags" in self.caps)
 
     # --- in ---------------------------------------------------------------------------
@@ -302,7 +307,7 @@ class IrcCodec:
                 return [self._server_notice(room, event.as_text())]
         if shared:
             return [
-                self._server_notice(event.room or self.nick, line)
+                self._server_notice(event.room or self.nick, _PREFIX_RE.sub("", line))
                 for line in event.as_text().split("\r\n")
             ]
         return self._answer(event, tags)
@@ -416,7 +421,7 @@ class IrcCodec:
         num = self.numeric
         match event:
             case Private(target=target, text=text, echo=echo):
-                if echo and not self.echoes:
+                if echo and not self.echo_message:
                     return []
                 return self._privmsg(hostmask(nick), target if echo else self.nick, text, tags)
             case Welcome():

@@ -32,7 +32,6 @@ from chat.commands import (
     InviteCommand,
     JoinCommand,
     KickCommand,
-    MeCommand,
     ModeCommand,
     MsgCommand,
     NickCommand,
@@ -40,7 +39,6 @@ from chat.commands import (
     PartCommand,
     Request,
     RoomsCommand,
-    SayCommand,
     TopicCommand,
     UnbanCommand,
     VoiceCommand,
@@ -61,11 +59,11 @@ CONNECTION_COMMANDS: Final = frozenset(
     {"QuitCommand", "PingCommand", "PongCommand", "WidthCommand", "HelloCommand"}
 )
 
-__all__ = ["SERVER_NAME", "IrcHandler"]
+__all__ = ["DEFAULT_SERVER_NAME", "IrcHandler"]
 
 log = logging.getLogger("chat.irc")
 
-SERVER_NAME: Final = "chat.server"
+DEFAULT_SERVER_NAME: Final = "chat.server"  # chat-server --server-name
 MAX_TARGETS: Final = 4  # PRIVMSG / NOTICE targets in one line (TARGMAX)
 MAX_REGISTRATION_ATTEMPTS: Final = 10
 HISTORY_BATCH_MAX: Final = 100  # CHATHISTORY lines in one answer
@@ -116,6 +114,7 @@ class IrcHandler:
     def __init__(self, session: Session, codec: IrcCodec) -> None:
         self.session = session
         self.codec = codec
+        self.server = codec.server
         self.hub = session.hub
         self._nick: str | None = None  # asked for before registration
         self._user: str | None = None
@@ -166,7 +165,7 @@ class IrcHandler:
         elif code in _PLAIN_NUMERICS:
             self._numeric(_PLAIN_NUMERICS[code], exc.message)
         else:
-            self._emit(format_message(SERVER_NAME, "NOTICE", self.codec.nick, exc.message))
+            self._emit(format_message(self.server, "NOTICE", self.codec.nick, exc.message))
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -212,7 +211,7 @@ class IrcHandler:
                     self._refuse(exc, "NICK", params[0])
                     return
             case "USER":
-                if len(params) < 4 or not params[0]:
+                if len(params) < 4 or not params[0] or not params[3]:
                     self._numeric("461", "USER", "Not enough parameters")
                     return
                 self._user = params[0]
@@ -220,7 +219,7 @@ class IrcHandler:
                 await self._authenticate(params)
                 return
             case "PING":
-                self._emit(format_message(SERVER_NAME, "PONG", SERVER_NAME, *params[:1]))
+                await self._ping(params)
                 return
             case "PONG":
                 return
@@ -244,10 +243,10 @@ class IrcHandler:
                     f"{name}={value}" if value and modern else name
                     for name, value in CAPABILITIES.items()
                 )
-                self._emit(format_message(SERVER_NAME, "CAP", target, "LS", caps))
+                self._emit(format_message(self.server, "CAP", target, "LS", caps))
             case "LIST":
                 enabled = " ".join(sorted(self.codec.caps))
-                self._emit(format_message(SERVER_NAME, "CAP", target, "LIST", enabled))
+                self._emit(format_message(self.server, "CAP", target, "LIST", enabled))
             case "REQ":
                 if self.session.member is None:
                     self._negotiating = True
@@ -256,16 +255,14 @@ class IrcHandler:
                 for name in asked:
                     bare = name.removeprefix("-")
                     if bare not in CAPABILITIES:
-                        self._emit(
-                            format_message(SERVER_NAME, "CAP", target, "NAK", " ".join(asked))
-                        )
+                        self._emit(format_message(self.server, "CAP", target, "NAK", params[1]))
                         return
                     if name.startswith("-"):
                         wanted.discard(bare)
                     else:
                         wanted.add(bare)
                 self.codec.set_caps(wanted)
-                self._emit(format_message(SERVER_NAME, "CAP", target, "ACK", " ".join(asked)))
+                self._emit(format_message(self.server, "CAP", target, "ACK", params[1]))
             case "END":
                 self._negotiating = False
             case _:
@@ -323,7 +320,7 @@ class IrcHandler:
             nick, password = self._sasl
         session = self.session
         try:
-            member = await self.hub.register(session, nick, None, password, lobby=False)
+            member = await self.hub.register(session, nick, None, password, names_rooms=True)
         except ProtocolError as exc:
             self._failures += 1
             self._nick = None
@@ -381,7 +378,7 @@ class IrcHandler:
         self._numeric("255", f"I have {users} clients and 0 servers")
 
     def _motd(self) -> None:
-        self._numeric("375", f"- {SERVER_NAME} Message of the day -")
+        self._numeric("375", f"- {self.server} Message of the day -")
         for line in MOTD:
             self._numeric("372", f"- {line}")
         self._numeric("376", "End of /MOTD command")
@@ -426,13 +423,21 @@ class IrcHandler:
             if verb == "PRIVMSG":
                 self._numeric("412", "No text to send")
             return
+        member = self.session.member
+        assert member is not None
         for target in params[0].split(",")[:MAX_TARGETS]:
-            command: Command
-            if target.startswith("#"):
-                command = MeCommand(text, target) if action else SayCommand(text, target)
-            else:
-                command = MsgCommand(target, f"* {text}" if action else text)
-            await self._run(command, verb, target)
+            if not target.startswith("#"):
+                await self._run(MsgCommand(target, f"* {text}" if action else text), verb, target)
+                continue
+            try:
+                said = (self.hub.act if action else self.hub.say)(member, target, text)
+            except ProtocolError as exc:
+                if exc.code is ErrorCode.NOT_IN_ROOM and not self.hub.has_room(target):
+                    exc = ProtocolError(ErrorCode.NO_SUCH_ROOM, "No such channel")
+                self._refuse(exc, verb, target)
+                continue
+            if self.codec.echo_message:  # the sender's copy, labeled if the line was
+                self.hub.outbox.send_bytes(self.session, self.codec.encode_one(said))
 
     async def _notice(self, params: tuple[str, ...]) -> None:
         await self._privmsg(params, "NOTICE")
@@ -446,10 +451,14 @@ class IrcHandler:
             for room in list(member.rooms.values()):
                 await self._run(PartCommand(room.name), "PART", room.name)
             return
+        member = self.session.member
+        assert member is not None
         for name in params[0].split(","):
             if not name.startswith("#"):
                 self._numeric("403", name, "No such channel")
                 continue
+            if name.lower() in member.rooms:
+                continue  # joined already: IRC says nothing
             await self._run(JoinCommand(name), "JOIN", name)
 
     async def _part(self, params: tuple[str, ...]) -> None:
@@ -460,7 +469,7 @@ class IrcHandler:
             member = self.session.member
             assert member is not None
             if name.lower() not in member.rooms:
-                known = name.lower() in {n.lower() for n in self.hub.room_names()}
+                known = self.hub.has_room(name)
                 self._numeric(
                     "442" if known else "403",
                     name,
@@ -482,7 +491,7 @@ class IrcHandler:
         for name in params[0].split(","):
             member = self.session.member
             assert member is not None
-            if name.lower() not in {n.lower() for n in self.hub.room_names()}:
+            if not self.hub.has_room(name):
                 self._numeric("366", name, "End of /NAMES list")
                 continue
             await self._run(WhoCommand(name), "NAMES", name)
@@ -494,7 +503,7 @@ class IrcHandler:
     async def _who(self, params: tuple[str, ...]) -> None:
         mask = params[0] if params else "*"
         if mask.startswith("#"):
-            if mask.lower() in {n.lower() for n in self.hub.room_names()}:
+            if self.hub.has_room(mask):
                 await self._run(WhoCommand(mask), "WHO", mask, extra=mask)
                 return
         else:
@@ -508,7 +517,7 @@ class IrcHandler:
                         channel,
                         target.nick[:10],
                         "chat",
-                        SERVER_NAME,
+                        self.server,
                         target.nick,
                         "G" if target.away else "H",
                         f"0 {target.nick}",
@@ -540,7 +549,7 @@ class IrcHandler:
         if not params:
             self._numeric("409", "No origin specified")
             return
-        self._emit(format_message(SERVER_NAME, "PONG", SERVER_NAME, params[0]))
+        self._emit(f":{self.server} PONG {self.server} :{params[0]}")
 
     async def _pong(self, params: tuple[str, ...]) -> None:
         return
@@ -640,11 +649,11 @@ class IrcHandler:
     async def _version(self, params: tuple[str, ...]) -> None:
         self._emit(
             format_message(
-                SERVER_NAME,
+                self.server,
                 "351",
                 self.codec.nick,
                 f"chat-{__version__}",
-                SERVER_NAME,
+                self.server,
                 "IRC, JSON Lines and text on one port",
             )
         )
@@ -654,7 +663,7 @@ class IrcHandler:
 
     async def _time(self, params: tuple[str, ...]) -> None:
         now = time.strftime("%A %B %d %Y -- %H:%M:%S +00:00", time.gmtime())
-        self._numeric("391", SERVER_NAME, now)
+        self._numeric("391", self.server, now)
 
     async def _kick(self, params: tuple[str, ...]) -> None:
         if not self._need("KICK", params, 2):
@@ -694,7 +703,7 @@ class IrcHandler:
         if len(params) < 4:
             self._emit(
                 format_message(
-                    SERVER_NAME, "FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "Missing parameters"
+                    self.server, "FAIL", "CHATHISTORY", "NEED_MORE_PARAMS", "Missing parameters"
                 )
             )
             return
@@ -705,7 +714,7 @@ class IrcHandler:
         if room is None:
             self._emit(
                 format_message(
-                    SERVER_NAME,
+                    self.server,
                     "FAIL",
                     "CHATHISTORY",
                     "INVALID_TARGET",
@@ -721,7 +730,7 @@ class IrcHandler:
         elif not (sub == "LATEST" and point == "*"):
             self._emit(
                 format_message(
-                    SERVER_NAME,
+                    self.server,
                     "FAIL",
                     "CHATHISTORY",
                     "INVALID_PARAMS",
@@ -747,18 +756,29 @@ class IrcHandler:
                 self._refuse(exc, verb)
             return
         if type(parsed) is HelpCommand:
-            text = help_text(parsed.command)
-            self._emit(
-                *(
-                    format_message(SERVER_NAME, "NOTICE", self.codec.nick, line or " ")
-                    for line in text.split("\n")
-                )
-            )
+            self._help(parsed.command)
             return
         if parsed is None or type(parsed).__name__ in CONNECTION_COMMANDS:
             self._numeric("421", verb, "Unknown command")
             return
         await self._run(parsed, verb)
+
+    def _help(self, subject: str | None) -> None:
+        """``HELP [subject]``: the chat's help, as IRC's 704/705/706 (524 if unknown)."""
+        topic = subject or "*"
+        try:
+            text = help_text(subject.lower().lstrip("/") if subject else None)
+        except ProtocolError:
+            self._numeric("524", topic, "I do not know anything about this")
+            return
+        first, *rest = text.split("\n")
+        self._numeric("704", topic, first)
+        for line in rest:
+            self._numeric("705", topic, line or " ")
+        self._numeric("706", topic, "End of /HELP")
+
+    async def _help_command(self, params: tuple[str, ...]) -> None:
+        self._help(params[0] if params else None)
 
     _commands: Final[dict[str, Callable[[IrcHandler, tuple[str, ...]], Awaitable[None]]]] = {
         "PRIVMSG": _privmsg,
@@ -786,6 +806,7 @@ class IrcHandler:
         "INVITE": _invite,
         "CAP": _cap_command,
         "CHATHISTORY": _chathistory,
+        "HELP": _help_command,
     }
 
 

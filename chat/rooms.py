@@ -47,6 +47,7 @@ class Member:
     last_said: float = 0.0  # when they last said something (Unix time), for /whois idle
     ignores: set[str] = field(default_factory=set)  # nick keys
     history_from: dict[str, float] = field(default_factory=dict)  # room key -> oldest ts seen
+    names_rooms: bool = False  # every line names its room (IRC): no active room to announce
 
     @property
     def address(self) -> str:

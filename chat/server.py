@@ -37,6 +37,7 @@ from chat.hub import (
     Backend,
     Hub,
 )
+from chat.ircd import DEFAULT_SERVER_NAME
 from chat.protocol import Bye
 from chat.session import Limits, Session
 from chat.sqlite_store import open_store
@@ -86,6 +87,7 @@ class ServerConfig:
     redis_url: str | None = None
     node_id: str = ""
     redis_prefix: str = "chat:"
+    server_name: str = DEFAULT_SERVER_NAME
 
 
 # Descriptors a server needs besides its clients: listening sockets, the event loop, logs,
@@ -297,7 +299,7 @@ class ChatServer:
             if banned is not None:
                 await self._refuse(reader, writer, ip, ErrorCode.BANNED, banned)
                 return
-            session = Session(reader, writer, self.hub, self.config.limits)
+            session = Session(reader, writer, self.hub, self.config.limits, self.config.server_name)
             self._sessions.add(session)
             try:
                 await session.run()

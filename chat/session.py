@@ -44,8 +44,7 @@ from chat.commands import (
 from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
 from chat.irc import IrcCodec, looks_like_irc
-from chat.ircd import SERVER_NAME as IRC_SERVER_NAME
-from chat.ircd import IrcHandler
+from chat.ircd import DEFAULT_SERVER_NAME, IrcHandler
 from chat.protocol import (
     MAX_WIDTH,
     MIN_WIDTH,
@@ -176,6 +175,7 @@ class Session:
         "limits",
         "member",
         "peer_address",
+        "server_name",
     )
 
     def __init__(
@@ -184,6 +184,7 @@ class Session:
         writer: asyncio.StreamWriter,
         hub: Hub,
         limits: Limits,
+        server_name: str = DEFAULT_SERVER_NAME,
     ) -> None:
         self.id = next(_session_ids)
         self.hub = hub
@@ -197,6 +198,7 @@ class Session:
         self._client_echo_off = False  # a telnet client agreed to stop echoing
         self.codec: Codec = TEXT
         self.irc: IrcHandler | None = None  # an IRC client's commands
+        self.server_name = server_name  # what IRC clients know this server as
         self._greeted = False
         self._reader = reader
         self._writer = writer
@@ -478,7 +480,7 @@ class Session:
                     )
                     return
                 if not self._greeted and looks_like_irc(data):
-                    codec = IrcCodec(IRC_SERVER_NAME)
+                    codec = IrcCodec(self.server_name)
                     self.codec = codec
                     self.irc = IrcHandler(self, codec)
                 else:

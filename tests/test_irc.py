@@ -201,3 +201,1031 @@ async def irc_user(
 
 def commands(lines: Iterable[Msg]) -> list[str]:
     return [m.command for m in lines]
+
+
+def texts(lines: Iterable[Msg], command: str = "PRIVMSG") -> list[str]:
+    """The last parameter of every ``command`` line."""
+    return [m.params[-1] for m in lines if m.command == command]
+
+
+def sasl_plain(account: str, password: str) -> str:
+    return base64.b64encode(f"\0{account}\0{password}".encode()).decode()
+
+
+TIME_TAG = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+@pytest.fixture
+async def port(start_server: StartServer) -> int:
+    """A server without flood control or a per-IP limit: tests send many lines at once."""
+    server: ChatServer = await start_server(max_per_ip=0, rate=0)
+    return server.port
+
+
+async def registered_text_user(port: int, nick: str) -> None:
+    """Give ``nick`` an account (a text user's ``/register``), then disconnect it."""
+    text = await LineClient.connect(port, nick)
+    await text.send(f"/register {PASSWORD}")
+    await text.expect(rf"The nickname {nick} is now yours")
+    await text.send("/quit")
+    await text.eof()
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+async def test_a_client_speaking_first_gets_irc_lines_and_no_greeting(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_per_ip=0, rate=0, greet_delay=0.01)
+    client = await IrcClient.connect(server.port)
+    await client.send("CAP LS 302")
+    first = await client.line()
+    assert client.raw[0].startswith(b":chat.server CAP * LS "), client.raw[0]
+    assert first.command == "CAP"
+    lines = await client.register("alice")
+    lines += await client.sync()
+    for raw in client.raw:
+        assert raw.startswith((b":", b"@")), raw
+        assert b"***" not in raw, raw
+        assert b"Welcome to chat" not in raw, raw
+
+
+async def test_welcome_numerics_isupport_lusers_and_motd(port: int) -> None:
+    client = await IrcClient.connect(port)
+    lines = await client.register("alice")
+    numerics = [m for m in lines if m.command.isdigit()]
+    assert [m.command for m in numerics[:4]] == ["001", "002", "003", "004"]
+    for m in numerics:
+        assert m.source == SERVER, m.raw
+        assert m.params[0] == "alice", m.raw
+    assert "alice" in numerics[0].params[-1]
+    assert numerics[3].params[1] == SERVER
+    tokens = [t for m in lines if m.command == "005" for t in m.params[1:-1]]
+    for m in lines:
+        if m.command == "005":
+            assert m.params[-1] == "are supported by this server", m.raw
+    assert {"CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=16", "CHANNELLEN=32"} <= set(tokens)
+    assert "TOPICLEN=300" in tokens
+    assert any(re.fullmatch(r"CHANLIMIT=#:\d+", t) for t in tokens), tokens
+    assert "251" in commands(lines)
+    motd = [m.command for m in lines if m.command in ("375", "372", "376")]
+    assert motd[0] == "375", motd
+    assert motd[-1] == "376", motd
+    assert "372" in motd, motd
+    assert commands(lines).index("251") < commands(lines).index("375")
+
+
+async def test_registration_waits_for_cap_end(port: int) -> None:
+    client = await IrcClient.connect(port)
+    await client.send("CAP LS 302")
+    await client.get("CAP", "*", "LS")
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    before = await client.sync()  # PING works before registration
+    assert "001" not in commands(before), before
+    await client.send("CAP END")
+    welcome = await client.get("001")
+    assert welcome.params[0] == "alice"
+
+
+async def test_cap_ls_302_lists_the_capabilities_with_values(port: int) -> None:
+    client = await IrcClient.connect(port)
+    await client.send("CAP LS 302")
+    reply = await client.get("CAP", "*", "LS")
+    offered = reply.params[-1].split()
+    for cap in ("sasl=PLAIN", "server-time", "echo-message", "labeled-response", "batch"):
+        assert cap in offered, offered
+    assert "message-tags" in offered, offered
+    old = await IrcClient.connect(port)
+    await old.send("CAP LS")
+    offered = (await old.get("CAP", "*", "LS")).params[-1].split()
+    assert "sasl" in offered, offered
+    assert "sasl=PLAIN" not in offered, offered  # values: 302 only
+
+
+async def test_cap_req_after_registration(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    await irc.send("CAP REQ :server-time")
+    ack = await irc.get("CAP")
+    assert ack.params == ("ivy", "ACK", "server-time"), ack.raw
+    text = await LineClient.connect(port, "tom")
+    await text.send("tagged now")
+    said = await irc.get("PRIVMSG")
+    assert TIME_TAG.fullmatch(said.tags.get("time", "")), said.raw
+
+
+async def test_cap_req_of_an_unknown_cap_is_refused_whole(port: int) -> None:
+    client = await IrcClient.connect(port)
+    await client.send("CAP LS 302")
+    await client.get("CAP", "*", "LS")
+    await client.send("CAP REQ :server-time no-such-cap")
+    nak = await client.get("CAP", "*")
+    assert nak.params[1:] == ("NAK", "server-time no-such-cap"), nak.raw
+    await client.send("CAP LIST")
+    listed = await client.get("CAP", "*", "LIST")
+    assert listed.params[-1].split() == [], listed.raw
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    await client.send("CAP END")
+    await client.get("376")
+    await client.send("JOIN #lobby")
+    joined = await client.get("JOIN")
+    assert joined.tags == {}, joined.raw  # server-time was not enabled
+
+
+async def test_nick_in_use_or_looking_alike_gets_433(port: int) -> None:
+    text = await LineClient.connect(port, "alice")  # a text user
+    other = await irc_user(port, "tom")  # an IRC user
+    client = await IrcClient.connect(port)
+    await client.send("USER someone 0 * :Someone")
+    for taken in ("alice", "ALICE", "a1ice", "tom", "t0m"):
+        await client.send(f"NICK {taken}")
+        refused = await client.get("433")
+        assert refused.params[:2] == ("*", taken), refused.raw
+    await client.send("NICK zoe")
+    welcome = await client.get("001")
+    assert welcome.params[0] == "zoe"
+    await text.close()
+    await other.close()
+
+
+async def test_invalid_or_missing_nick_gets_432_or_431(port: int) -> None:
+    client = await IrcClient.connect(port)
+    for bad in ("9lives", "a.b", "x" * 17, "admin"):
+        await client.send(f"NICK {bad}")
+        refused = await client.get("432")
+        assert refused.params[:2] == ("*", bad), refused.raw
+    await client.send("NICK")
+    missing = await client.get("431")
+    assert missing.params[0] == "*", missing.raw
+
+
+async def test_a_command_before_registration_gets_451(port: int) -> None:
+    client = await IrcClient.connect(port)
+    await client.send("NICK alice")
+    await client.send("JOIN #lobby")
+    refused = await client.get("451")
+    assert refused.params[0] == "*", refused.raw
+    await client.send("PRIVMSG #lobby :hello")
+    await client.get("451")
+
+
+async def test_user_after_registration_gets_462(port: int) -> None:
+    client = await irc_user(port, "alice")
+    await client.send("USER alice 0 * :Alice again")
+    refused = await client.get("462")
+    assert refused.params[0] == "alice", refused.raw
+    await client.send("PASS whatever")
+    await client.get("462")
+
+
+async def test_pass_logs_in_to_an_account_a_text_user_registered(port: int) -> None:
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send(f"PASS {PASSWORD}")
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    welcome = await client.get("001")
+    assert welcome.params[0] == "alice"
+    await client.send("WHOIS alice")
+    account = await client.get("330")
+    assert account.params[1:3] == ("alice", "alice"), account.raw
+
+
+async def test_pass_with_a_wrong_password_is_refused(port: int) -> None:
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send("PASS not-the-password")
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    refused = await client.get("464")
+    assert refused.params[0] == "*", refused.raw
+    assert "001" not in commands(await client.sync())
+
+
+async def test_a_registered_nick_without_password_gets_433(port: int) -> None:
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    refused = await client.get("433")
+    assert refused.params[:2] == ("*", "alice"), refused.raw
+    await client.send("NICK bob")
+    await client.get("001")
+
+
+async def test_sasl_plain_logs_in(port: int) -> None:
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send("CAP LS 302")
+    await client.get("CAP", "*", "LS")
+    await client.send("CAP REQ :sasl")
+    await client.get("CAP", "*", "ACK")
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    await client.send("AUTHENTICATE PLAIN")
+    go_on = await client.get("AUTHENTICATE")
+    assert go_on.params == ("+",), go_on.raw
+    await client.send(f"AUTHENTICATE {sasl_plain('alice', PASSWORD)}")
+    logged_in = await client.get("900")
+    assert logged_in.params[2] == "alice", logged_in.raw
+    await client.get("903")
+    assert "001" not in commands(await client.sync())  # still negotiating
+    await client.send("CAP END")
+    welcome = await client.get("001")
+    assert welcome.params[0] == "alice"
+
+
+async def test_sasl_plain_with_a_wrong_password_gets_904(port: int) -> None:
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send("CAP REQ :sasl")
+    await client.get("CAP", "*", "ACK")
+    await client.send("AUTHENTICATE PLAIN")
+    await client.get("AUTHENTICATE", "+")
+    await client.send(f"AUTHENTICATE {sasl_plain('alice', 'not-the-password')}")
+    failed = await client.get("904")
+    assert failed.params[0] == "*", failed.raw
+    assert "900" not in commands(client.seen)
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    await client.send("CAP END")
+    await client.get("433")
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+async def test_join_several_channels_then_join_0_parts_them_all(port: int) -> None:
+    client = await irc_user(port, "alice")
+    await client.send("JOIN #one,#two")
+    lines = await client.until(r" 366 alice #two ")
+    joins = [m for m in lines if m.command == "JOIN"]
+    assert [(m.source, m.params[0]) for m in joins] == [
+        ("alice!alice@chat", "#one"),
+        ("alice!alice@chat", "#two"),
+    ]
+    # Each JOIN comes before its own NAMES (RFC 2812 3.2.1).
+    order = [(m.command, m.params[1] if m.command == "366" else m.params[0]) for m in lines]
+    assert (
+        order.index(("JOIN", "#one")) < order.index(("366", "#one")) < order.index(("JOIN", "#two"))
+    )
+    await client.send("JOIN 0")
+    parted = [m for m in await client.sync() if m.command == "PART"]
+    assert sorted(m.params[0] for m in parted) == ["#one", "#two"], parted
+    assert all(m.nick == "alice" for m in parted)
+    await client.send("PRIVMSG #one :still there?")
+    refused = await client.get("403")  # empty, so gone: an unclaimed room is not kept
+    assert refused.params[:2] == ("alice", "#one")
+    assert not [m for m in client.seen if m.command == "NOTICE"]  # no "active room" notices
+
+
+async def test_part_with_a_reason_is_seen_by_the_others(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    text = await LineClient.connect(port, "tom")
+    await text.send("/join #room")
+    await text.expect(r"\*\*\* 3 in #room")
+    await alice.get("JOIN", "#room")  # tom
+    await alice.send("PART #room :gone fishing")
+    seen = await bob.get("PART")
+    assert seen.source == "alice!alice@chat"
+    assert seen.params == ("#room", "gone fishing")
+    own = await alice.get("PART")
+    assert own.params == ("#room", "gone fishing")
+    await text.expect(r"^\[#room\] \*\*\* alice left #room \(gone fishing\)$")
+
+
+async def test_privmsg_to_a_channel_and_to_a_nick(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#lobby"])
+    bob = await irc_user(port, "bob", rooms=["#lobby"])
+    await alice.send("PRIVMSG #lobby :hello room")
+    said = await bob.get("PRIVMSG")
+    assert said.source == "alice!alice@chat"
+    assert said.params == ("#lobby", "hello room")
+    await alice.send("PRIVMSG bob :hello bob")
+    private = await bob.get("PRIVMSG")
+    assert private.source == "alice!alice@chat"
+    assert private.params == ("bob", "hello bob")
+    # Without echo-message, the sender never gets its own lines back.
+    assert "PRIVMSG" not in commands(await alice.sync())
+
+
+async def test_notice_is_delivered_and_never_answered_with_an_error(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#lobby"])
+    bob = await irc_user(port, "bob", rooms=["#lobby"])
+    await alice.send("NOTICE bob :psst")
+    got = await bob.get("PRIVMSG", "bob")  # the chat has one kind of private message
+    assert got.params[-1] == "psst"
+    assert got.nick == "alice"
+    for line in ("NOTICE nobody :hi", "NOTICE #nowhere :hi", "NOTICE", "NOTICE bob", "NOTICE #x"):
+        await alice.send(line)
+    answers = [m for m in await alice.sync() if m.source == SERVER]
+    assert answers == [], [m.raw for m in answers]
+
+
+async def test_errors_name_the_channel_nick_or_command(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#lobby"])
+    bob = await irc_user(port, "bob", rooms=["#other"])
+    checks = [
+        ("PRIVMSG nobody :hi", "401", ("alice", "nobody")),
+        ("PART #nowhere", "403", ("alice", "#nowhere")),
+        ("JOIN nohash", "403", ("alice", "nohash")),
+        ("PRIVMSG #other :hi", "404", ("alice", "#other")),
+        ("PART #other", "442", ("alice", "#other")),
+        ("TOPIC #other :mine now", "442", ("alice", "#other")),
+        ("JOIN", "461", ("alice", "JOIN")),
+        ("KICK #lobby", "461", ("alice", "KICK")),
+        ("PRIVMSG", "411", ("alice",)),
+        ("PRIVMSG #lobby", "412", ("alice",)),
+        ("PRIVMSG #lobby :", "412", ("alice",)),
+        ("FROBNICATE now", "421", ("alice", "FROBNICATE")),
+    ]
+    for line, numeric, params in checks:
+        await alice.send(line)
+        answer = [m for m in await alice.sync() if m.command.isdigit()]
+        assert [m.command for m in answer] == [numeric], (line, [m.raw for m in answer])
+        assert answer[0].params[: len(params)] == params, (line, answer[0].raw)
+        assert answer[0].source == SERVER
+    await bob.close()
+
+
+async def test_privmsg_to_a_channel_that_does_not_exist_gets_401_or_403(port: int) -> None:
+    # 404 ERR_CANNOTSENDTOCHAN is for a channel that exists; for one that does not, RFC 2812
+    # and most servers answer 401 "No such nick/channel", others (and protocol.md's list
+    # for PRIVMSG) 403 ERR_NOSUCHCHANNEL.
+    alice = await irc_user(port, "alice")
+    await alice.send("PRIVMSG #nowhere :anyone?")
+    answer = [m for m in await alice.sync() if m.command.isdigit()]
+    assert [m.command for m in answer] in (["401"], ["403"]), [m.raw for m in answer]
+    assert answer[0].params[:2] == ("alice", "#nowhere"), answer[0].raw
+
+
+async def test_topic_set_and_query(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    await alice.send("TOPIC #room")
+    none = await alice.get("331")
+    assert none.params[:2] == ("alice", "#room"), none.raw
+    await alice.send("TOPIC #room :all about tests")
+    changed = await bob.get("TOPIC")
+    assert changed.source == "alice!alice@chat"
+    assert changed.params == ("#room", "all about tests")
+    await alice.get("TOPIC")
+    await bob.send("TOPIC #room")
+    topic = await bob.get("332")
+    assert topic.params == ("bob", "#room", "all about tests")
+    carol = await IrcClient.connect(port)
+    await carol.register("carol")
+    lines = await carol.join("#room")
+    assert ("332", ("carol", "#room", "all about tests")) in [(m.command, m.params) for m in lines]
+
+
+async def test_names_marks_the_creator_as_operator(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await IrcClient.connect(port)
+    await bob.register("bob")
+    joined = await bob.join("#room")
+    assert commands(joined)[0] == "JOIN"
+    listed = [m for m in joined if m.command == "353"]
+    assert len(listed) == 1, listed
+    assert listed[0].params[:3] == ("bob", "=", "#room"), listed
+    assert sorted(listed[0].params[3].split()) == ["@alice", "bob"]
+    end = joined[-1]
+    assert end.command == "366"
+    assert end.params[:2] == ("bob", "#room")
+    await alice.send("NAMES #room")
+    names = await alice.get("353")
+    assert sorted(names.params[3].split()) == ["@alice", "bob"]
+
+
+async def test_list_shows_channels_with_counts_and_topics(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    await alice.send("TOPIC #room :the topic")
+    await bob.send("LIST")
+    lines = await bob.until(r" 323 ")
+    rooms = {m.params[1]: m.params[2:] for m in lines if m.command == "322"}
+    assert rooms["#room"] == ("2", "the topic"), rooms
+    assert lines[-1].params[0] == "bob"
+
+
+async def test_who_lists_a_channel(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    await bob.send("WHO #room")
+    lines = await bob.until(r" 315 ")
+    who = {m.params[5]: m for m in lines if m.command == "352"}
+    assert sorted(who) == ["alice", "bob"]
+    assert who["alice"].params[:2] == ("bob", "#room")
+    assert who["alice"].params[6] == "H@", who["alice"].raw
+    assert who["bob"].params[6] == "H", who["bob"].raw
+    assert re.fullmatch(r"0 \S.*", who["alice"].params[7]), who["alice"].raw  # hopcount realname
+    assert lines[-1].params[:2] == ("bob", "#room")
+    await alice.close()
+
+
+async def test_whois(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob")
+    await bob.send("WHOIS alice")
+    lines = await bob.until(r" 318 ")
+    by = {m.command: m for m in lines}
+    assert by["311"].params[:2] == ("bob", "alice")
+    assert by["311"].params[4] == "*"
+    assert by["319"].params[:2] == ("bob", "alice")
+    assert by["319"].params[2].split() in (["#room"], ["@#room"]), by["319"].raw
+    assert by["312"].params[:3] == ("bob", "alice", SERVER)
+    assert by["317"].params[:2] == ("bob", "alice")
+    assert by["317"].params[2].isdigit()
+    assert by["318"].params[:2] == ("bob", "alice")
+    await bob.send("WHOIS nobody")
+    lines = await bob.until(r" 318 ")
+    assert [m.command for m in lines] == ["401", "318"], [m.raw for m in lines]
+    assert lines[0].params[:2] == ("bob", "nobody")
+    await alice.close()
+
+
+async def test_nick_change_is_seen_by_the_others(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#lobby"])
+    bob = await irc_user(port, "bob", rooms=["#lobby"])
+    await alice.send("NICK alicia")
+    seen = await bob.get("NICK")
+    assert seen.source == "alice!alice@chat", seen.raw
+    assert seen.params == ("alicia",), seen.raw
+    own = await alice.get("NICK")
+    assert own.source == "alice!alice@chat"
+    assert own.params == ("alicia",)
+    await alice.send("FROBNICATE")
+    assert (await alice.get("421")).params[0] == "alicia"  # numerics follow the new nick
+    await alice.send("NICK bob")
+    refused = await alice.get("433")
+    assert refused.params[:2] == ("alicia", "bob")
+
+
+async def test_quit_is_seen_by_the_others(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#lobby"])
+    bob = await irc_user(port, "bob", rooms=["#lobby"])
+    await alice.send("QUIT :see you")
+    last = await alice.eof()
+    assert commands(last)[-1:] == ["ERROR"], [m.raw for m in last]
+    seen = await bob.get("QUIT")
+    assert seen.source == "alice!alice@chat", seen.raw
+    assert "see you" in seen.params[0], seen.raw
+
+
+async def test_ping_gets_pong(port: int) -> None:
+    alice = await irc_user(port, "alice")
+    await alice.send("PING :some token")
+    pong = await alice.get("PONG")
+    assert pong.source == SERVER, pong.raw
+    assert pong.params == (SERVER, "some token"), pong.raw
+    await alice.send("PING")
+    assert (await alice.get("409")).params[0] == "alice"
+
+
+async def test_mode_query_and_moderated_channel(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    await alice.send("MODE #room +m")
+    change = await bob.get("MODE")
+    assert change.source == "alice!alice@chat", change.raw
+    assert change.params == ("#room", "+m"), change.raw
+    await bob.send("MODE #room")
+    modes = await bob.get("324")
+    assert modes.params[:2] == ("bob", "#room"), modes.raw
+    assert "m" in modes.params[2], modes.raw
+    await bob.send("PRIVMSG #room :may I?")
+    refused = await bob.get("404")
+    assert refused.params[:2] == ("bob", "#room")
+    assert "PRIVMSG" not in commands(await alice.sync())
+    await alice.send("MODE #room +v bob")
+    voiced = await bob.get("MODE")
+    assert voiced.params == ("#room", "+v", "bob"), voiced.raw
+    await bob.send("PRIVMSG #room :thanks")
+    said = await alice.get("PRIVMSG")
+    assert said.params == ("#room", "thanks")
+
+
+async def test_mode_plus_o_gives_operator(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    await bob.send("MODE #room +m")
+    refused = await bob.get("482")
+    assert refused.params[:2] == ("bob", "#room"), refused.raw
+    await alice.send("MODE #room +o bob")
+    opped = await bob.get("MODE")
+    assert opped.source == "alice!alice@chat"
+    assert opped.params == ("#room", "+o", "bob")
+    await bob.send("NAMES #room")
+    names = await bob.get("353")
+    assert sorted(names.params[3].split()) == ["@alice", "@bob"]
+    await bob.send("MODE #room +t")
+    assert (await alice.get("MODE", "#room", "+t")).nick == "bob"
+
+
+async def test_a_banned_nick_cannot_join(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob")
+    await alice.send("MODE #room +b bob")
+    banned = await alice.get("MODE")
+    assert banned.params[:2] == ("#room", "+b"), banned.raw
+    await bob.send("JOIN #room")
+    refused = await bob.get("474")
+    assert refused.params[:2] == ("bob", "#room"), refused.raw
+    await alice.send("MODE #room +b")
+    lines = await alice.until(r" 368 ")
+    bans = [m for m in lines if m.command == "367"]
+    assert bans, lines
+    assert all(m.params[:2] == ("alice", "#room") for m in bans), lines
+    assert any("bob" in m.params[2] for m in bans), [m.raw for m in bans]
+    assert lines[-1].params[:2] == ("alice", "#room")
+
+
+async def test_kick_is_seen_by_everyone_and_the_kicked_user_is_out(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob", rooms=["#room"])
+    carol = await irc_user(port, "carol", rooms=["#room"])
+    text = await LineClient.connect(port, "tom")
+    await text.send("/join #room")
+    await text.expect(r"\*\*\* 4 in #room")
+    await alice.send("KICK #room bob :behave")
+    for client in (alice, bob, carol):
+        kick = await client.get("KICK")
+        assert kick.source == "alice!alice@chat", kick.raw
+        assert kick.params == ("#room", "bob", "behave"), kick.raw
+    await text.expect(r"^\[#room\] .*bob.*behave")
+    await alice.send("PRIVMSG #room :after the kick")
+    assert (await carol.get("PRIVMSG")).params == ("#room", "after the kick")
+    assert "PRIVMSG" not in commands(await bob.sync())
+    await bob.send("PRIVMSG #room :let me in")
+    assert (await bob.get("404")).params[:2] == ("bob", "#room")
+
+
+async def test_invite_into_an_invite_only_channel(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#club"])
+    bob = await irc_user(port, "bob")
+    await alice.send("MODE #club +i")
+    await alice.get("MODE", "#club", "+i")
+    await bob.send("JOIN #club")
+    refused = await bob.get("473")
+    assert refused.params[:2] == ("bob", "#club"), refused.raw
+    await alice.send("INVITE bob #club")
+    confirmed = await alice.get("341")
+    assert confirmed.params == ("alice", "bob", "#club"), confirmed.raw
+    invited = await bob.get("INVITE")
+    assert invited.source == "alice!alice@chat"
+    assert invited.params == ("bob", "#club")
+    lines = await bob.join("#club")
+    assert lines[0].command == "JOIN", lines[0].raw
+    assert lines[0].params == ("#club",), lines[0].raw
+
+
+async def test_away(port: int) -> None:
+    alice = await irc_user(port, "alice")
+    bob = await irc_user(port, "bob")
+    await bob.send("AWAY :out for lunch")
+    marked = await bob.get("306")
+    assert marked.params[0] == "bob"
+    await alice.send("PRIVMSG bob :are you there?")
+    away = await alice.get("301")
+    assert away.params == ("alice", "bob", "out for lunch"), away.raw
+    assert (await bob.get("PRIVMSG")).params == ("bob", "are you there?")
+    await alice.send("USERHOST bob")
+    assert (await alice.get("302")).params[1] == "bob=-bob@chat"
+    await bob.send("AWAY")
+    assert (await bob.get("305")).params[0] == "bob"
+
+
+async def test_ison_and_userhost(port: int) -> None:
+    alice = await irc_user(port, "alice")
+    text = await LineClient.connect(port, "tom")
+    await alice.send("ISON tom nobody ALICE")
+    online = await alice.get("303")
+    assert online.params[0] == "alice"
+    assert online.params[1].split() == ["tom", "alice"]
+    await alice.send("USERHOST tom nobody")
+    host = await alice.get("302")
+    assert host.params == ("alice", "tom=+tom@chat"), host.raw
+    await text.close()
+
+
+async def test_motd_version_time_and_lusers(port: int) -> None:
+    alice = await irc_user(port, "alice")
+    await alice.send("MOTD")
+    motd = await alice.until(r" 376 ")
+    assert motd[0].command == "375"
+    assert "372" in commands(motd)
+    await alice.send("VERSION")
+    version = await alice.get("351")
+    assert version.params[0] == "alice", version.raw
+    assert version.params[2] == SERVER, version.raw
+    await alice.send("TIME")
+    now = await alice.get("391")
+    assert now.params[:2] == ("alice", SERVER), now.raw
+    await alice.send("LUSERS")
+    users = await alice.get("251")
+    assert users.params[0] == "alice"
+    assert "1 users" in users.params[1]
+
+
+async def test_a_chat_command_through_the_fallback(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    await alice.send("IGNORES")
+    ignores = await alice.get("NOTICE")
+    assert ignores.params[0] == "alice", ignores.raw
+    assert "nobody" in ignores.params[1], ignores.raw
+    await alice.send("CLAIM #room")
+    refused = await alice.get("NOTICE")
+    assert "Log in" in refused.params[1], refused.raw
+    await alice.send(f"REGISTER {PASSWORD}")
+    registered = await alice.get("900")  # RPL_LOGGEDIN
+    assert registered.params[:3] == ("alice", "alice!alice@chat", "alice"), registered.raw
+    await alice.send("CLAIM #room")
+    claimed = await alice.until(r"(?i)claim")
+    assert all(m.command in ("NOTICE", "MODE") for m in claimed), [m.raw for m in claimed]
+    await alice.send("NOSUCHTHING at all")
+    unknown = await alice.get("421")
+    assert unknown.params[:2] == ("alice", "NOSUCHTHING")
+
+
+# --- CTCP ACTION, formatting, line lengths ------------------------------------------------
+
+
+async def test_ctcp_action_crosses_to_text_and_back(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    text = await LineClient.connect(port, "tom")
+    await irc.get("JOIN", "#lobby")  # tom
+    await irc.send("PRIVMSG #lobby :\x01ACTION waves\x01")
+    await text.expect(r"^\[#lobby\] \* ivy waves$")
+    await text.send("/me waves back")
+    action = await irc.get("PRIVMSG")
+    assert action.source == "tom!tom@chat"
+    assert action.params == ("#lobby", "\x01ACTION waves back\x01"), action.raw
+
+
+async def test_a_private_action_reaches_a_nick_as_a_star_message(port: int) -> None:
+    # protocol.md: a CTCP ACTION to a nickname is a private "* text" (the chat has no
+    # private action), which every dialect shows alike.
+    ivy = await irc_user(port, "ivy")
+    bob = await irc_user(port, "bob")
+    text = await LineClient.connect(port, "tom")
+    await ivy.send("PRIVMSG bob :\x01ACTION waves\x01")
+    got = await bob.get("PRIVMSG")
+    assert got.params == ("bob", "* waves"), got.raw
+    await ivy.send("PRIVMSG tom :\x01ACTION waves too\x01")
+    await text.expect(r"^\[private\] <ivy> \* waves too$")
+    await ivy.send("PRIVMSG bob :\x01VERSION\x01")  # other CTCP is dropped
+    assert "PRIVMSG" not in commands(await bob.sync())
+
+
+async def test_formatting_codes_are_removed_before_a_text_client_sees_them(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    text = await LineClient.connect(port, "tom")
+    await irc.get("JOIN", "#lobby")
+    await irc.send("PRIVMSG #lobby :\x02bold\x02 and \x0304,05red\x03 and \x1ditalic\x0f!")
+    line = await text.expect(r"^\[#lobby\] <ivy> .*$")
+    assert line.group() == "[#lobby] <ivy> bold and red and italic!"
+
+
+async def test_a_line_over_512_bytes_gets_417_and_the_connection_stays(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    text = await LineClient.connect(port, "tom")
+    await irc.get("JOIN", "#lobby")
+    await irc.send("PRIVMSG #lobby :" + "x" * 600)
+    refused = await irc.get("417")
+    assert refused.params[0] == "ivy", refused.raw
+    await irc.send("PRIVMSG #lobby :short enough")
+    said = await text.expect(r"^\[#lobby\] <ivy> (.*)$")
+    assert said.group(1) == "short enough"  # the long line never reached anybody
+
+
+async def test_a_long_text_line_reaches_irc_as_several_privmsgs(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    text = await LineClient.connect(port, "tom")
+    await irc.get("JOIN", "#lobby")
+    words = [f"word{i}-é€" for i in range(120)]
+    long = " ".join(words)
+    assert 1400 < len(long.encode()) < 2000
+    await text.send(long)
+    await text.send("/say the end")
+    lines = await irc.until(r"PRIVMSG #lobby :the end$")
+    pieces = [m for m in lines if m.command == "PRIVMSG"][:-1]
+    assert len(pieces) >= 3, [m.raw for m in pieces]
+    for m in pieces:
+        assert m.source == "tom!tom@chat"
+        assert m.params[0] == "#lobby"
+    for raw in irc.raw[-len(lines) :]:
+        assert len(raw) <= 512, len(raw)
+    assert "".join(m.params[1] for m in pieces) == long
+
+
+# --- IRCv3 --------------------------------------------------------------------------------
+
+
+async def test_server_time_tags(port: int) -> None:
+    irc = await irc_user(port, "ivy", caps=["server-time"])
+    await irc.send("JOIN #lobby")
+    joined = await irc.get("JOIN")
+    assert TIME_TAG.fullmatch(joined.tags["time"]), joined.raw
+    text = await LineClient.connect(port, "tom")
+    await text.send("hello")
+    said = await irc.get("PRIVMSG")
+    assert TIME_TAG.fullmatch(said.tags["time"]), said.raw
+    plain = await irc_user(port, "bob", rooms=["#lobby"])
+    await text.send("again")
+    assert (await plain.get("PRIVMSG")).tags == {}  # only with the capability
+
+
+async def test_echo_message_only_with_the_capability(port: int) -> None:
+    echo = await irc_user(port, "ivy", caps=["echo-message"], rooms=["#lobby"])
+    plain = await irc_user(port, "bob", rooms=["#lobby"])
+    await echo.send("PRIVMSG #lobby :my own words")
+    mine = await echo.get("PRIVMSG")
+    assert mine.source == "ivy!ivy@chat"
+    assert mine.params == ("#lobby", "my own words")
+    await echo.send("PRIVMSG bob :just you")
+    private = await echo.get("PRIVMSG")
+    assert private.source == "ivy!ivy@chat"
+    assert private.params == ("bob", "just you")
+    await plain.send("PRIVMSG #lobby :not echoed")
+    await plain.send("PRIVMSG ivy :nor this")
+    assert texts(await plain.sync()) == ["my own words", "just you"]
+    assert texts(await echo.sync()) == ["not echoed", "nor this"]
+
+
+async def test_labeled_response(port: int) -> None:
+    irc = await irc_user(port, "ivy", caps=["labeled-response", "batch"], rooms=["#lobby"])
+    await irc.send("@label=one PING :token")
+    pong = await irc.get("PONG")
+    assert pong.tags.get("label") == "one", pong.raw
+    assert pong.params == (SERVER, "token"), pong.raw
+    await irc.send("@label=two PONG :nothing to say")
+    ack = await irc.get("ACK")
+    assert ack.tags.get("label") == "two", ack.raw
+    assert ack.source == SERVER, ack.raw
+    await irc.send("@label=three WHOIS ivy")
+    lines = await irc.until(r"^(@\S+ )?:\S+ BATCH -")
+    opening, *inside, closing = lines
+    assert opening.command == "BATCH", opening.raw
+    assert opening.tags.get("label") == "three", opening.raw
+    ref = opening.params[0].removeprefix("+")
+    assert opening.params[0] == f"+{ref}"
+    assert opening.params[1:] == ("labeled-response",)
+    assert closing.params == (f"-{ref}",), closing.raw
+    assert next(m.command for m in inside) == "311"
+    assert inside[-1].command == "318"
+    for m in inside:
+        assert m.tags.get("batch") == ref, m.raw
+        assert "label" not in m.tags, m.raw
+
+
+async def test_a_labeled_privmsg_is_answered_by_its_labeled_echo(port: int) -> None:
+    # ircv3.net labeled-response: with echo-message, the echo is the response and carries
+    # the label; an ACK is only for a command that has no response at all.
+    caps = ["echo-message", "labeled-response", "batch"]
+    irc = await irc_user(port, "ivy", caps=caps, rooms=["#lobby"])
+    await irc.send("@label=said PRIVMSG #lobby :labeled words")
+    lines = await irc.sync()
+    assert [(m.tags.get("label"), m.command, m.params) for m in lines] == [
+        ("said", "PRIVMSG", ("#lobby", "labeled words"))
+    ], [m.raw for m in lines]
+
+
+async def test_history_on_join_comes_in_a_chathistory_batch(port: int) -> None:
+    text = await LineClient.connect(port, "tom")
+    for said in ("first", "second", "third"):
+        await text.send(said)
+        await text.expect(rf"<tom> {said}$")
+    irc = await IrcClient.connect(port)
+    await irc.register("ivy", ["batch", "server-time"])
+    await irc.send("JOIN #lobby")
+    lines = await irc.until(r"^(@\S+ )?:\S+ BATCH -")
+    start = next(i for i, m in enumerate(lines) if m.command == "BATCH")
+    opening, *inside, closing = lines[start:]
+    ref = opening.params[0].removeprefix("+")
+    assert opening.params == (f"+{ref}", "chathistory", "#lobby"), opening.raw
+    assert closing.params == (f"-{ref}",)
+    assert texts(inside) == ["first", "second", "third"]
+    for m in inside:
+        assert m.tags.get("batch") == ref, m.raw
+        assert TIME_TAG.fullmatch(m.tags["time"]), m.raw
+        assert m.source == "tom!tom@chat"
+        assert m.params[0] == "#lobby"
+
+
+async def test_history_on_join_without_batch_is_plain_privmsgs(port: int) -> None:
+    text = await LineClient.connect(port, "tom")
+    await text.send("remember me")
+    await text.expect(r"<tom> remember me$")
+    irc = await irc_user(port, "ivy")
+    await irc.send("JOIN #lobby")
+    lines = await irc.sync()
+    assert "BATCH" not in commands(lines)
+    assert texts(lines) == ["remember me"]
+
+
+async def test_chathistory_latest(port: int) -> None:
+    irc = await irc_user(port, "ivy", caps=["batch", "server-time"], rooms=["#lobby"])
+    text = await LineClient.connect(port, "tom")
+    for said in ("one", "two", "three"):
+        await text.send(said)
+        await irc.get("PRIVMSG")
+    await irc.send("CHATHISTORY LATEST #lobby * 2")
+    lines = await irc.until(r"^(@\S+ )?:\S+ BATCH -")
+    opening, *inside, _closing = lines
+    assert opening.params[1:] == ("chathistory", "#lobby"), opening.raw
+    assert texts(inside) == ["two", "three"]
+    assert all(TIME_TAG.fullmatch(m.tags["time"]) for m in inside)
+
+
+# --- the three dialects in one room -------------------------------------------------------
+
+
+@dataclass
+class Trio:
+    """tom (text), jay (JSON) and ivy (IRC), all in #lobby and past each other's joins."""
+
+    text: LineClient
+    json: JsonClient
+    irc: IrcClient
+
+
+@pytest.fixture
+async def trio(port: int) -> Trio:
+    text = await LineClient.connect(port, "tom")
+    json = await JsonClient.connect(port, "jay")
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    await text.expect(r"^\[#lobby\] \*\*\* ivy joined #lobby$")
+    await json.expect("join", room="#lobby", nick="ivy")
+    return Trio(text, json, irc)
+
+
+async def test_messages_and_actions_cross_every_way(trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    await text.send("from text")
+    await json.expect("message", room="#lobby", nick="tom", text="from text")
+    assert (await irc.get("PRIVMSG")).raw == ":tom!tom@chat PRIVMSG #lobby :from text"
+    await json.send({"type": "say", "room": "#lobby", "text": "from json"})
+    await text.expect(r"^\[#lobby\] <jay> from json$")
+    assert (await irc.get("PRIVMSG")).raw == ":jay!jay@chat PRIVMSG #lobby :from json"
+    await irc.send("PRIVMSG #lobby :from irc")
+    await text.expect(r"^\[#lobby\] <ivy> from irc$")
+    await json.expect("message", room="#lobby", nick="ivy", text="from irc")
+    await text.send("/me acts in text")
+    await json.expect("action", room="#lobby", nick="tom", text="acts in text")
+    assert (await irc.get("PRIVMSG")).params == ("#lobby", "\x01ACTION acts in text\x01")
+    await json.send({"type": "me", "room": "#lobby", "text": "acts in json"})
+    await text.expect(r"^\[#lobby\] \* jay acts in json$")
+    action = await irc.get("PRIVMSG")
+    assert action.nick == "jay"
+    assert action.params == ("#lobby", "\x01ACTION acts in json\x01")
+    await irc.send("PRIVMSG #lobby :\x01ACTION acts in irc\x01")
+    await text.expect(r"^\[#lobby\] \* ivy acts in irc$")
+    await json.expect("action", room="#lobby", nick="ivy", text="acts in irc")
+
+
+async def test_private_messages_cross_every_way(trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    await text.send("/msg jay text to json")
+    await json.expect("private", nick="tom", text="text to json")
+    await text.send("/msg ivy text to irc")
+    assert (await irc.get("PRIVMSG")).raw == ":tom!tom@chat PRIVMSG ivy :text to irc"
+    await json.send({"type": "msg", "nick": "tom", "text": "json to text"})
+    await text.expect(r"^\[private\] <jay> json to text$")
+    await json.send({"type": "msg", "nick": "ivy", "text": "json to irc"})
+    assert (await irc.get("PRIVMSG")).raw == ":jay!jay@chat PRIVMSG ivy :json to irc"
+    await irc.send("PRIVMSG tom :irc to text")
+    await text.expect(r"^\[private\] <ivy> irc to text$")
+    await irc.send("PRIVMSG jay :irc to json")
+    await json.expect("private", nick="ivy", text="irc to json")
+
+
+async def test_joins_and_parts_cross_every_way(trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    await irc.join("#side")
+    await text.send("/join #side")
+    await text.expect(r"\*\*\* 2 in #side")
+    seen = await irc.get("JOIN", "#side")
+    assert seen.source == "tom!tom@chat"
+    await json.send({"type": "join", "room": "#side"})
+    await json.expect("who", room="#side")
+    await text.expect(r"^\[#side\] \*\*\* jay joined #side$")
+    assert (await irc.get("JOIN", "#side")).nick == "jay"
+    await json.send({"type": "part", "room": "#side", "reason": "json leaves"})
+    await text.expect(r"^\[#side\] \*\*\* jay left #side \(json leaves\)$")
+    part = await irc.get("PART")
+    assert part.nick == "jay"
+    assert part.params == ("#side", "json leaves")
+    await json.send({"type": "join", "room": "#side"})
+    await json.expect("who", room="#side")
+    await text.send("/part #side text leaves")
+    await json.expect("part", room="#side", nick="tom", text="text leaves")
+    part = await irc.get("PART")
+    assert part.nick == "tom"
+    assert part.params == ("#side", "text leaves")
+    await text.send("/join #side")
+    await text.expect(r"\*\*\* 3 in #side")
+    await irc.send("PART #side :irc leaves")
+    await text.expect(r"^\[#side\] \*\*\* ivy left #side \(irc leaves\)$")
+    await json.expect("part", room="#side", nick="ivy", text="irc leaves")
+
+
+async def test_topics_cross_every_way(trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    await text.send("/topic #lobby set in text")
+    await json.expect("topic", room="#lobby", nick="tom", text="set in text")
+    assert (await irc.get("TOPIC")).raw == ":tom!tom@chat TOPIC #lobby :set in text"
+    await json.send({"type": "topic", "room": "#lobby", "text": "set in json"})
+    await text.expect(r"^\[#lobby\] \*\*\* jay set the topic: set in json$")
+    assert (await irc.get("TOPIC")).params == ("#lobby", "set in json")
+    await irc.send("TOPIC #lobby :set in irc")
+    await text.expect(r"^\[#lobby\] \*\*\* ivy set the topic: set in irc$")
+    await json.expect("topic", room="#lobby", nick="ivy", text="set in irc")
+
+
+async def test_nick_changes_cross_every_way(trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    await text.send("/nick tommy")
+    await json.expect("nick", nick="tom", new_nick="tommy")
+    assert (await irc.get("NICK")).raw == ":tom!tom@chat NICK tommy"
+    await json.send({"type": "nick", "nick": "jayjay"})
+    await text.expect(r"^\*\*\* jay is now known as jayjay$")
+    assert (await irc.get("NICK")).raw == ":jay!jay@chat NICK jayjay"
+    await irc.send("NICK ivo")
+    await text.expect(r"^\*\*\* ivy is now known as ivo$")
+    await json.expect("nick", nick="ivy", new_nick="ivo")
+
+
+async def test_quits_cross_every_way(port: int, trio: Trio) -> None:
+    text, json, irc = trio.text, trio.json, trio.irc
+    other = await irc_user(port, "oz", rooms=["#lobby"])
+    await text.send("/quit text quits")
+    await json.expect("quit", nick="tom", text="text quits")
+    quit_ = await irc.get("QUIT")
+    assert quit_.nick == "tom", quit_.raw
+    assert "text quits" in quit_.params[0], quit_.raw
+    await json.send({"type": "quit", "reason": "json quits"})
+    quit_ = await irc.get("QUIT")
+    assert quit_.nick == "jay", quit_.raw
+    assert "json quits" in quit_.params[0], quit_.raw
+    watcher = await LineClient.connect(port, "wes")
+    await irc.get("JOIN", "#lobby")
+    await irc.send("QUIT :irc quits")
+    await watcher.expect(r"^\*\*\* ivy quit \(irc quits\)$")
+    quit_ = (await other.until(r"^:ivy!ivy@chat QUIT "))[-1]
+    assert "irc quits" in quit_.params[0], quit_.raw
+
+
+async def test_names_and_who_list_all_three_dialects(trio: Trio) -> None:
+    text, irc = trio.text, trio.irc
+    await irc.send("NAMES #lobby")
+    names = await irc.get("353")
+    assert sorted(names.params[3].split()) == ["ivy", "jay", "tom"], names.raw
+    await text.send("/who")
+    listed = await text.expect(r"^\[#lobby\] \*\*\* 3 in #lobby: (.*)$")
+    assert sorted(listed.group(1).split(", ")) == ["ivy", "jay", "tom"]
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+async def test_flood_control_refuses_irc_lines_with_a_notice(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=1, burst=10)
+    text = await LineClient.connect(server.port, "tom")
+    irc = await irc_user(server.port, "ivy", rooms=["#lobby"])  # 5 lines of the burst
+    lines = "".join(f"PRIVMSG #lobby :line {i}\r\n" for i in range(12))
+    await irc.send_raw(lines.encode())
+    told = await irc.get("NOTICE")
+    assert told.source == SERVER, told.raw
+    assert told.params[0] == "ivy", told.raw
+    assert "Too fast" in told.params[1], told.raw
+    await text.send("the end")
+    got = await text.lines_until(r"^\[#lobby\] <tom> the end$")
+    said = [line for line in got if "<ivy>" in line]
+    assert 1 <= len(said) < 12, got
+    assert said == [f"[#lobby] <ivy> line {i}" for i in range(len(said))]
+
+
+async def test_an_idle_irc_client_is_pinged_and_dropped_without_pong(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_per_ip=0, rate=0, ping_interval=0.2, ping_timeout=0.2)
+    irc = await irc_user(server.port, "ivy")
+    ping = await irc.get("PING")
+    assert ping.source is None or ping.source == SERVER, ping.raw
+    assert ping.params, ping.raw
+    assert ping.params[0], ping.raw
+    last = await irc.eof()
+    assert commands(last) == ["ERROR"], [m.raw for m in last]
+    assert "ping" in last[0].params[0].lower(), last[0].raw
+
+
+async def test_an_irc_client_answering_pings_stays(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0, ping_interval=0.2, ping_timeout=0.2)
+    irc = await irc_user(server.port, "ivy")
+    for _ in range(3):
+        ping = await irc.get("PING")
+        await irc.send(f"PONG :{ping.params[0]}")
+    assert "ERROR" not in commands(await irc.sync())

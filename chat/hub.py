@@ -109,7 +109,7 @@ from chat.protocol import (
     validate_nick,
     validate_room,
 )
-from chat.rooms import Member, Room, address_mask, masks_of, parse_mask
+from chat.rooms import Departed, Member, Room, address_mask, masks_of, parse_mask
 from chat.storage import Account, Ban, MemoryStore, RoomState, Store
 
 __all__ = [
@@ -133,6 +133,7 @@ DEFAULT_ANNOUNCE_LIMIT = 100
 DEFAULT_MAX_TOTAL_ROOMS = 10_000
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 ROOMS_PAGE = 100  # rooms in one answer to /rooms
+WHOWAS_KEPT = 1000  # departed users IRC's WHOWAS remembers
 # Above this many rooms, the sorted room list is rebuilt at most once a second: a client
 # asking for /rooms in a loop while rooms churn cannot make the server sort all day.
 LISTING_CHEAP = 1000
@@ -488,6 +489,8 @@ class Hub:
         self.history_length = history
         self.max_rooms = max_rooms
         self.max_ignores = max_ignores
+        self.peak_members = 0  # the most registered at once, for IRC's LUSERS
+        self.departed: deque[Departed] = deque(maxlen=WHOWAS_KEPT)  # most recent first
         # Rooms larger than this stop announcing joins, parts and quits and list their
         # members only on /who: otherwise filling a room costs O(members^2) lines.
         self.announce_limit = announce_limit
@@ -676,6 +679,7 @@ class Hub:
             member = Member(nick, peer, since=time.time(), names_rooms=names_rooms)
             self._by_key[nick_key(nick)] = member
             self._by_skeleton[nick_skeleton(nick)] = member
+            self.peak_members = max(self.peak_members, len(self._by_key))
         if account is not None:
             await self._logged_in(member, account.name)
         text = f"Welcome, {nick}! Type /help for the commands."
@@ -792,6 +796,9 @@ class Hub:
                 return
             self._unregister(member)
             await self.backend.release(member.nick)
+        self.departed.appendleft(
+            Departed(member.nick, member.user or member.nick, member.realname, time.time())
+        )
         self._drop(member, reason)
 
     def _drop(self, member: Member, reason: str) -> None:
@@ -956,7 +963,7 @@ class Hub:
         self.tell(member, event, request)
         self.backend.publish(event)
         if room.topic:
-            self.tell(member, Topic(room=room.name, text=room.topic))
+            self.tell(member, self._topic(room))
         if self._quiet(room):
             self.tell(
                 member,
@@ -1067,6 +1074,9 @@ class Hub:
             voiced=tuple(voiced),
         )
 
+    def _topic(self, room: Room) -> Topic:
+        return Topic(room=room.name, text=room.topic, by=room.topic_by or None, at=room.topic_at)
+
     def who(self, member: Member, name: str | None, request: str | None = None) -> None:
         room = self._member_room(member, None) if name is None else self._existing_room(name)
         self.tell(member, self._who(room), request)
@@ -1076,7 +1086,7 @@ class Hub:
     ) -> None:
         if text is None:
             room = self._member_room(member, None) if name is None else self._existing_room(name)
-            self.tell(member, Topic(room=room.name, text=room.topic), request)
+            self.tell(member, self._topic(room), request)
             return
         room = self._member_room(member, name)
         if "t" in room.modes and not room.operates(member):
@@ -1092,6 +1102,7 @@ class Hub:
         room.topic = text
         self._listing_dirty = True
         self.store.save_room(room.state())
+        room.topic_by, room.topic_at = member.nick, time.time()
         event = Topic(room=room.name, nick=member.nick, text=text)
         self.outbox.deliver([m for m in room.members if m is not member], event)
         self.tell(member, event, request)
@@ -1230,6 +1241,13 @@ class Hub:
             since=target.since,
             operator=target.admin,
             address=target.address if member.admin else None,
+            user=target.user or target.nick,
+            realname=target.realname or target.nick,
+            operator_in=tuple(
+                room.name
+                for room in target.rooms.values()
+                if room.name in shared and room.operates(target)
+            ),
         )
         self.tell(member, event, request)
 
@@ -1833,6 +1851,22 @@ class Hub:
     def has_room(self, name: str) -> bool:
         """Whether a room of that name exists (in memory: joined, claimed or the lobby)."""
         return room_key(name) in self._rooms
+
+    def find_room(self, name: str) -> Room | None:
+        return self._rooms.get(room_key(name))
+
+    def rooms_held(self) -> list[Room]:
+        """Every room in memory, for listings that need more than names (IRC's LIST)."""
+        return list(self._rooms.values())
+
+    async def oper(self, member: Member, name: str, password: str) -> None:
+        """IRC's OPER: a server operator (an ``--admin`` account) takes operator status on
+        this connection with the account's password."""
+        account = await self.authenticate(member.address, name, password)
+        if nick_key(account) not in self.admins:
+            raise ProtocolError(ErrorCode.NOT_OPERATOR, f"{account} is not a server operator.")
+        member.admin = True
+        log.info("oper nick=%s account=%s", member.nick, account)
 
     def room_names(self) -> list[str]:
         return [room.name for room in self._rooms.values()]

@@ -77,6 +77,7 @@ CAPABILITIES: Final[dict[str, str]] = {
     "multi-prefix": "",
     "sasl": "PLAIN",
     "server-time": "",
+    "userhost-in-names": "",
 }
 # The first line of an IRC client: every client sends one of these first (CAP LS to
 # negotiate, or NICK / USER / PASS to register at once), in capitals.
@@ -303,8 +304,8 @@ class IrcCodec:
                 return [_tagged(_line(hostmask(nick), "KICK", room, target, text or nick), tags)]
             case Mode(room=str(room), change=change, target=target):
                 return self._mode(event, room, change, target, tags)
-            case Invite(room=str(room), target=target) if shared:
-                return [self._server_notice(room, event.as_text())]
+            case Invite() if shared:
+                return []  # IRC tells only the inviter (341) and the invited (INVITE)
         if shared:
             return [
                 self._server_notice(event.room or self.nick, _PREFIX_RE.sub("", line))
@@ -329,7 +330,8 @@ class IrcCodec:
         if letter in "imt":
             return [_tagged(format_message(source, "MODE", room, change), tags)]
         if letter in "ovb":
-            return [_tagged(format_message(source, "MODE", room, change, target), tags)]
+            shown = irc_mask(target) if letter == "b" else target
+            return [_tagged(format_message(source, "MODE", room, change, shown), tags)]
         return [self._server_notice(room, event.as_text())]  # q (mute), r (claim): no IRC mode
 
     def _server_notice(self, target: str, text: str) -> str:
@@ -431,11 +433,16 @@ class IrcCodec:
                     num("002", f"Your host is {self.server}, running chat"),
                     num("003", "This server speaks IRC, JSON Lines and plain text on one port"),
                     format_message(
-                        self.server, "004", self.nick, self.server, "chat", "i", "bimotv", "bov"
+                        self.server, "004", self.nick, self.server, "chat", "io", "bimnotv", "bov"
                     ),
                 ]
-            case Topic(room=str(room), text=text):
-                return [num("332", room, text)] if text else [num("331", room, "No topic is set")]
+            case Topic(room=str(room), text=text, by=by, at=at):
+                if not text:
+                    return [num("331", room, "No topic is set")]
+                if not by:
+                    return [num("332", room, text)]
+                topic_time = format_message(self.server, "333", self.nick, room, by, str(int(at)))
+                return [num("332", room, text), topic_time]
             case Who(room=str(room)) if event.re is not None and event.re.startswith("WHO:"):
                 return self._who_lines(event, room)
             case Who(room=str(room)):
@@ -443,11 +450,18 @@ class IrcCodec:
             case Whois():
                 return self._whois(event)
             case Modes(room=str(room), modes=modes):
-                return [format_message(self.server, "324", self.nick, room, "+" + modes)]
+                shown = "".join(sorted(set(modes) | {"n"}))  # every room is +n
+                return [format_message(self.server, "324", self.nick, room, "+" + shown)]
             case BanList(room=str(room), bans=bans):
                 lines = [
                     format_message(
-                        self.server, "367", self.nick, room, ban.mask, ban.by, str(int(ban.ts))
+                        self.server,
+                        "367",
+                        self.nick,
+                        room,
+                        irc_mask(ban.mask),
+                        ban.by,
+                        str(int(ban.ts)),
                     )
                     for ban in bans
                     if ban.kind == "ban"
@@ -500,15 +514,22 @@ class IrcCodec:
         ops = {n.lower() for n in event.operators}
         voiced = {n.lower() for n in event.voiced}
         both = "multi-prefix" in self.caps
+        full = "userhost-in-names" in self.caps
         names: list[str] = []
         for nick in event.members:
             key = nick.lower()
             prefix = ("@" if key in ops else "") + ("+" if key in voiced else "")
-            names.append((prefix if both else prefix[:1]) + nick)
+            names.append((prefix if both else prefix[:1]) + (hostmask(nick) if full else nick))
         lines: list[str] = []
-        # 353 lines stay well within 512 bytes: 20 names of at most 18 characters each.
-        for start in range(0, len(names), 20):
-            lines.append(self.numeric("353", "=", room, " ".join(names[start : start + 20])))
+        head = len(self.numeric("353", "=", room, "").encode())
+        batch: list[str] = []
+        for name in names:  # as many names a line as fit in 512 bytes
+            if batch and head + len(" ".join([*batch, name])) > IRC_LINE_MAX - 2:
+                lines.append(self.numeric("353", "=", room, " ".join(batch)))
+                batch = []
+            batch.append(name)
+        if batch:
+            lines.append(self.numeric("353", "=", room, " ".join(batch)))
         return [*lines, self.numeric("366", room, "End of /NAMES list")]
 
     def _who_lines(self, event: Who, room: str) -> list[str]:
@@ -539,9 +560,12 @@ class IrcCodec:
     def _whois(self, event: Whois) -> list[str]:
         nick = event.nick or ""
         num = self.numeric
-        lines = [_line(self.server, "311", self.nick, nick, nick[:10], "chat", "*", nick)]
+        user, realname = event.user or nick[:10], event.realname or nick
+        lines = [_line(self.server, "311", self.nick, nick, user, "chat", "*", realname)]
         if event.rooms:
-            lines.append(num("319", nick, " ".join(event.rooms)))
+            ops = set(event.operator_in)
+            shown = (("@" if room in ops else "") + room for room in event.rooms)
+            lines.append(num("319", nick, " ".join(shown)))
         lines.append(num("312", nick, self.server, "chat"))
         if event.operator:
             lines.append(num("313", nick, "is a server operator"))
@@ -558,6 +582,19 @@ class IrcCodec:
                 )
             )
         return [*lines, num("318", nick, "End of /WHOIS list")]
+
+
+def irc_mask(mask: str) -> str:
+    """The chat's ban mask as IRC shows one: ``nick:bob`` is ``bob!*@*``, ``address:IP``
+    is ``*!*@IP``, ``account:bob`` is ``$a:bob`` (an extban)."""
+    kind, _, value = mask.partition(":")
+    if kind == "nick":
+        return f"{value}!*@*"
+    if kind == "address":
+        return f"*!*@{value}"
+    if kind == "account":
+        return f"$a:{value}"
+    return mask
 
 
 def _tagged(line: str, tags: Mapping[str, str]) -> str:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import itertools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
@@ -38,7 +40,6 @@ from chat.commands import (
     OpCommand,
     PartCommand,
     Request,
-    RoomsCommand,
     TopicCommand,
     UnbanCommand,
     VoiceCommand,
@@ -48,8 +49,16 @@ from chat.commands import (
     parse_text_line,
 )
 from chat.errors import ErrorCode, ProtocolError
-from chat.irc import CAPABILITIES, IrcCodec, IrcMessage, format_message, sanitize_irc
+from chat.irc import (
+    CAPABILITIES,
+    IrcCodec,
+    IrcMessage,
+    format_message,
+    hostmask,
+    sanitize_irc,
+)
 from chat.protocol import NICK_MAX, REASON_MAX, ROOM_MAX, TOPIC_MAX, nick_key, validate_nick
+from chat.rooms import Member, Room
 
 if TYPE_CHECKING:
     from chat.session import Session
@@ -98,6 +107,25 @@ _PLAIN_NUMERICS: Final[dict[str, str]] = {
     ErrorCode.WRONG_PASSWORD: "464",
     ErrorCode.LINE_TOO_LONG: "417",
 }
+# HELP for the IRC commands (the chat's own commands have the table's help).
+_IRC_HELP: Final = {
+    "PRIVMSG": "PRIVMSG <target>[,<target>] :<text>\nSay something in a channel, or to a nickname.",
+    "NOTICE": "NOTICE <target>[,<target>] :<text>\nAs PRIVMSG, never answered automatically.",
+    "JOIN": "JOIN <#channel>[,<#channel>]\nJoin channels (created on first use); JOIN 0 parts all.",
+    "PART": "PART <#channel>[,<#channel>] [:<reason>]\nLeave channels.",
+    "TOPIC": "TOPIC <#channel> [:<topic>]\nShow or set a channel's topic.",
+    "NAMES": "NAMES <#channel>\nList who is in a channel.",
+    "LIST": "LIST [<#mask>[,<#mask>]]\nList the channels.",
+    "WHO": "WHO <#channel|nick|mask> [%<fields>[,<token>]]\nList users, with WHOX fields.",
+    "WHOIS": "WHOIS <nick>\nWho someone is.",
+    "WHOWAS": "WHOWAS <nick> [<count>]\nWho recently left under that name.",
+    "MODE": "MODE <#channel> [+|-][imnt|o|v|b] [<arg>]\nShow or change a channel's modes.",
+    "KICK": "KICK <#channel> <nick> [:<reason>]\nRemove someone from a channel (operators).",
+    "INVITE": "INVITE <nick> <#channel>\nInvite someone to a channel (operators).",
+    "AWAY": "AWAY [:<message>]\nMark yourself away; without a message, back.",
+    "OPER": "OPER <account> <password>\nBecome a server operator (an --admin account).",
+}
+_SERVER_OPERATOR_COMMANDS: Final = frozenset({"KILL", "GBAN", "UNGBAN"})
 _MODE_COMMANDS: Final[dict[str, Callable[[str, str], Command]]] = {
     "+o": lambda room, arg: OpCommand(arg, room),
     "-o": lambda room, arg: DeopCommand(arg, room),
@@ -118,13 +146,13 @@ class IrcHandler:
         self.hub = session.hub
         self._nick: str | None = None  # asked for before registration
         self._user: str | None = None
+        self._realname = ""
         self._password: str | None = None  # PASS
         self._sasl: tuple[str, str] | None = None  # account and password, verified
         self._sasl_buffer: str | None = None  # AUTHENTICATE data so far (None: not started)
         self._negotiating = False  # between CAP LS / REQ and CAP END
         self._failures = 0
         self._ids = itertools.count(1)
-        self._invisible = False
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -156,6 +184,9 @@ class IrcHandler:
             return  # never an automatic reply to a NOTICE (RFC 2812, 3.3.2)
         code = exc.code
         numeric = _TARGET_NUMERICS.get(code)
+        if code is ErrorCode.NOT_OPERATOR and verb in _SERVER_OPERATOR_COMMANDS:
+            self._numeric("481", f"Permission denied: {exc.message}")
+            return
         if numeric == "442" and verb in ("PRIVMSG", "NOTICE"):
             numeric = "404"
         if numeric is not None:
@@ -215,6 +246,7 @@ class IrcHandler:
                     self._numeric("461", "USER", "Not enough parameters")
                     return
                 self._user = params[0]
+                self._realname = sanitize_irc(params[3])[:100]
             case "AUTHENTICATE":
                 await self._authenticate(params)
                 return
@@ -320,7 +352,14 @@ class IrcHandler:
             nick, password = self._sasl
         session = self.session
         try:
-            member = await self.hub.register(session, nick, None, password, names_rooms=True)
+            try:
+                member = await self.hub.register(session, nick, None, password, names_rooms=True)
+            except ProtocolError as exc:
+                if exc.code is not ErrorCode.NO_SUCH_ACCOUNT or self._sasl is not None:
+                    raise
+                # PASS for a nickname with no account: a password meant for a server
+                # that has one (a bouncer's, say); this one has none, so it is ignored.
+                member = await self.hub.register(session, nick, None, None, names_rooms=True)
         except ProtocolError as exc:
             self._failures += 1
             self._nick = None
@@ -335,6 +374,8 @@ class IrcHandler:
                     f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
                 )
             return
+        member.user = sanitize_irc(self._user or nick).replace(" ", "")[:10] or nick
+        member.realname = self._realname or nick
         session.registered(member)
         self._password = None
         self._burst()
@@ -353,7 +394,7 @@ class IrcHandler:
             "AWAYLEN=200",
             "CASEMAPPING=ascii",
             f"CHANLIMIT=#:{self.hub.max_rooms}",
-            "CHANMODES=b,,,imt",
+            "CHANMODES=b,,,imnt",
             f"CHANNELLEN={ROOM_MAX}",
             "CHANTYPES=#",
             f"CHATHISTORY={HISTORY_BATCH_MAX}",
@@ -368,14 +409,24 @@ class IrcHandler:
             "STATUSMSG=",
             f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},JOIN:,PART:,KICK:1,WHOIS:1",
             f"TOPICLEN={TOPIC_MAX}",
-            "UTF8ONLY",
+            "WHOX",
         ]
 
     def _lusers(self) -> None:
-        users = len(self.hub.members)
-        self._numeric("251", f"There are {users} users and 0 invisible on 1 servers")
+        members = self.hub.members
+        users = len(members)
+        invisible = sum(1 for m in members if m.invisible)
+        operators = sum(1 for m in members if m.admin)
+        peak = self.hub.peak_members
+        self._numeric(
+            "251", f"There are {users - invisible} users and {invisible} invisible on 1 servers"
+        )
+        if operators:
+            self._numeric("252", str(operators), "operator(s) online")
         self._numeric("254", str(len(self.hub.room_names())), "channels formed")
         self._numeric("255", f"I have {users} clients and 0 servers")
+        self._numeric("265", str(users), str(peak), f"Current local users {users}, max {peak}")
+        self._numeric("266", str(users), str(peak), f"Current global users {users}, max {peak}")
 
     def _motd(self) -> None:
         self._numeric("375", f"- {self.server} Message of the day -")
@@ -497,33 +548,95 @@ class IrcHandler:
             await self._run(WhoCommand(name), "NAMES", name)
 
     async def _list(self, params: tuple[str, ...]) -> None:
-        match = params[0] if params and not params[0].startswith(("<", ">")) else None
-        await self._run(RoomsCommand(0, match.strip("*") if match else None), "LIST")
+        """Every room with someone in it, or claimed (the lobby waiting empty is not news),
+        whose name matches the masks given, if any."""
+        masks = [m.lower() for m in params[0].split(",")] if params and params[0] else []
+        self._numeric("321", "Channel", "Users  Name")
+        for room in sorted(self.hub.rooms_held(), key=lambda r: (-r.population, r.name.lower())):
+            if not room.population and room.owner is None:
+                continue
+            if masks and not any(fnmatch.fnmatchcase(room.name.lower(), m) for m in masks):
+                continue
+            self._numeric("322", room.name, str(room.population), room.topic)
+        self._numeric("323", "End of /LIST")
 
     async def _who(self, params: tuple[str, ...]) -> None:
-        mask = params[0] if params else "*"
+        """WHO #room, WHO nick, WHO mask (``*`` and ``?`` wildcards), with WHOX fields
+        (``WHO mask %fields[,token]``): RPL_WHOREPLY 352 or RPL_WHOSPCRPL 354, then 315."""
+        member = self.session.member
+        assert member is not None
+        mask = params[0] if params and params[0] else "*"
+        fields, _, token = (
+            params[1][1:] if len(params) > 1 and params[1][:1] == "%" else ""
+        ).partition(",")
+        whox = len(params) > 1 and params[1][:1] == "%"
+        rows: list[tuple[str, Member, Room | None]] = []
         if mask.startswith("#"):
-            if self.hub.has_room(mask):
-                await self._run(WhoCommand(mask), "WHO", mask, extra=mask)
-                return
+            room = self.hub.find_room(mask)
+            if room is not None:
+                rows = [(room.name, m, room) for m in room.members]
         else:
-            target = self.hub.find(mask)
-            if target is not None:
-                room = next(iter(target.rooms.values()), None)
-                channel = room.name if room is not None else "*"
+            exact = self.hub.find(mask)
+            if exact is not None:
+                rows = [("*", exact, None)]
+            elif any(c in mask for c in "*?"):
+                pattern = re.compile(fnmatch.translate(mask.lower()))
+                mine = set(member.rooms)
+                rows = [
+                    ("*", m, None)
+                    for m in self.hub.members
+                    if pattern.match(m.nick.lower())
+                    and (not m.invisible or m is member or mine & set(m.rooms))
+                ]
+        for channel, who, room in rows:
+            if whox:
+                self._emit(self._whox_line(fields, token, channel, who, room))
+            else:
                 self._emit(
                     self.codec.numeric(
                         "352",
                         channel,
-                        target.nick[:10],
+                        (who.user or who.nick)[:10],
                         "chat",
                         self.server,
-                        target.nick,
-                        "G" if target.away else "H",
-                        f"0 {target.nick}",
+                        who.nick,
+                        self._flags(who, room),
+                        f"0 {who.realname or who.nick}",
                     )
                 )
         self._numeric("315", mask, "End of /WHO list")
+
+    def _flags(self, who: Member, room: Room | None) -> str:
+        flags = ("G" if who.away else "H") + ("*" if who.admin else "")
+        if room is not None:
+            prefix = ("@" if room.operates(who) else "") + (
+                "+" if nick_key(who.nick) in room.voiced else ""
+            )
+            flags += prefix if "multi-prefix" in self.codec.caps else prefix[:1]
+        return flags
+
+    def _whox_line(
+        self, fields: str, token: str, channel: str, who: Member, room: Room | None
+    ) -> str:
+        values = {
+            "t": token or "0",
+            "c": channel,
+            "u": (who.user or who.nick)[:10],
+            "i": "255.255.255.255",
+            "h": "chat",
+            "s": self.server,
+            "n": who.nick,
+            "f": self._flags(who, room),
+            "d": "0",
+            "l": str(int(time.time() - (who.last_said or who.since))),
+            "a": who.account or "0",
+            "o": "n/a",
+            "r": who.realname or who.nick,
+        }
+        chosen = [values[f] for f in "tcuihsnfdlaor" if f in fields]
+        if "r" in fields:
+            return self.codec.numeric("354", *chosen)
+        return format_message(self.server, "354", self.codec.nick, *chosen)
 
     async def _whois(self, params: tuple[str, ...]) -> None:
         if not params or not params[0]:
@@ -537,6 +650,10 @@ class IrcHandler:
         if not params or not params[0]:
             self._numeric("431", "No nickname given")
             return
+        member = self.session.member
+        assert member is not None
+        if params[0] == member.nick:
+            return  # no change: IRC says nothing
         if await self._run(NickCommand(params[0]), "NICK", params[0]):
             member = self.session.member
             assert member is not None
@@ -561,8 +678,13 @@ class IrcHandler:
         if not target.startswith("#"):
             self._user_mode(target, params[1:])
             return
+        room = self.hub.find_room(target)
+        if room is None:
+            self._numeric("403", target, "No such channel")
+            return
         if len(params) == 1:
-            await self._run(ModeCommand(target), "MODE", target)
+            if await self._run(ModeCommand(target), "MODE", target):
+                self._numeric("329", room.name, str(int(room.created)))
             return
         changes, args = params[1], list(params[2:])
         sign = "+"
@@ -578,13 +700,33 @@ class IrcHandler:
                     self._numeric("461", "MODE", "Not enough parameters")
                     return
                 arg = args.pop(0)
+                if letter == "b":
+                    arg = _chat_mask(arg)
+                elif not self._present(room, arg):
+                    known = self.hub.find(arg) is not None
+                    self._numeric(
+                        "441" if known else "401",
+                        *((arg, room.name) if known else (arg,)),
+                        "They aren't on that channel" if known else "No such nick",
+                    )
+                    continue
                 await self._run(_MODE_COMMANDS[change](target, arg), "MODE", target)
+            elif letter == "n":
+                if sign == "-":  # every room is +n: only members speak in it
+                    self._numeric("472", letter, "is always set here: only members speak")
             elif letter in "imt":
                 await self._run(ModeCommand(target, change), "MODE", target)
             else:
                 self._numeric("472", letter, "is an unknown mode char to me")
 
+    @staticmethod
+    def _present(room: Room, nick: str) -> bool:
+        key = nick_key(nick)
+        return key in room.remote or any(nick_key(m.nick) == key for m in room.members)
+
     def _user_mode(self, target: str, changes: tuple[str, ...]) -> None:
+        member = self.session.member
+        assert member is not None
         me = self.codec.nick
         if nick_key(target) != nick_key(me):
             found = self.hub.find(target) is not None
@@ -595,15 +737,15 @@ class IrcHandler:
             )
             return
         if not changes:
-            self._numeric("221", "+i" if self._invisible else "+")
+            self._numeric("221", "+i" if member.invisible else "+")
             return
         sign, applied = "+", ""
         for letter in changes[0]:
             if letter in "+-":
                 sign = letter
             elif letter == "i":
-                if self._invisible != (sign == "+"):
-                    self._invisible = sign == "+"
+                if member.invisible != (sign == "+"):
+                    member.invisible = sign == "+"
                     applied += sign + "i"
             else:
                 self._numeric("501", "Unknown MODE flag")
@@ -669,6 +811,9 @@ class IrcHandler:
         if not self._need("KICK", params, 2):
             return
         room = params[0]
+        if not self.hub.has_room(room):
+            self._numeric("403", room, "No such channel")
+            return
         reason = sanitize_irc(params[2])[:REASON_MAX] if len(params) > 2 else ""
         member = self.session.member
         assert member is not None
@@ -691,6 +836,13 @@ class IrcHandler:
         nick, room = params[0], params[1]
         if self.hub.find(nick) is None and not self.hub.backend.linked:
             self._numeric("401", nick, "No such nick")
+            return
+        joined = self.hub.find_room(room)
+        if joined is None:
+            self._numeric("403", room, "No such channel")
+            return
+        if self._present(joined, nick):
+            self._numeric("443", nick, joined.name, "is already on channel")
             return
         await self._run(InviteCommand(nick, room), "INVITE", room)
 
@@ -766,8 +918,9 @@ class IrcHandler:
     def _help(self, subject: str | None) -> None:
         """``HELP [subject]``: the chat's help, as IRC's 704/705/706 (524 if unknown)."""
         topic = subject or "*"
+        irc = _IRC_HELP.get(topic.upper())
         try:
-            text = help_text(subject.lower().lstrip("/") if subject else None)
+            text = irc or help_text(subject.lower().lstrip("/") if subject else None)
         except ProtocolError:
             self._numeric("524", topic, "I do not know anything about this")
             return
@@ -779,6 +932,59 @@ class IrcHandler:
 
     async def _help_command(self, params: tuple[str, ...]) -> None:
         self._help(params[0] if params else None)
+
+    async def _oper(self, params: tuple[str, ...]) -> None:
+        """``OPER account password``: a server operator's account (``--admin``) makes this
+        connection a server operator (381); 464 for a wrong password, 491 otherwise."""
+        if not self._need("OPER", params, 2):
+            return
+        member = self.session.member
+        assert member is not None
+        try:
+            await self.hub.oper(member, params[0], params[1])
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.WRONG_PASSWORD:
+                self._numeric("464", "Password incorrect")
+            else:
+                self._numeric("491", "No O-lines for your host")
+            return
+        self._numeric("381", "You are now an IRC operator")
+        self._emit(format_message(hostmask(member.nick), "MODE", member.nick, "+o"))
+
+    async def _whowas(self, params: tuple[str, ...]) -> None:
+        """``WHOWAS nick [count]``: who recently left under that name, newest first."""
+        if not self._need("WHOWAS", params, 1):
+            return
+        nick = params[0]
+        count = int(params[1]) if len(params) > 1 and params[1].lstrip("-").isdigit() else 0
+        found = [d for d in self.hub.departed if nick_key(d.nick) == nick_key(nick)]
+        if count > 0:
+            found = found[:count]
+        if not found:
+            self._numeric("406", nick, "There was no such nickname")
+        for departed in found:
+            self._emit(
+                self.codec.numeric(
+                    "314",
+                    departed.nick,
+                    departed.user[:10],
+                    "chat",
+                    "*",
+                    departed.realname or departed.nick,
+                )
+            )
+            stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(departed.at))
+            self._numeric("312", departed.nick, self.server, stamp)
+        self._numeric("369", nick, "End of WHOWAS")
+
+    async def _info(self, params: tuple[str, ...]) -> None:
+        for line in (f"chat {__version__}", *MOTD):
+            self._numeric("371", line)
+        self._numeric("374", "End of INFO list")
+
+    async def _links(self, params: tuple[str, ...]) -> None:
+        self._numeric("364", self.server, self.server, "0 One server, one port, every client")
+        self._numeric("365", "*", "End of /LINKS list")
 
     _commands: Final[dict[str, Callable[[IrcHandler, tuple[str, ...]], Awaitable[None]]]] = {
         "PRIVMSG": _privmsg,
@@ -807,6 +1013,11 @@ class IrcHandler:
         "CAP": _cap_command,
         "CHATHISTORY": _chathistory,
         "HELP": _help_command,
+        "HELPOP": _help_command,
+        "OPER": _oper,
+        "WHOWAS": _whowas,
+        "INFO": _info,
+        "LINKS": _links,
     }
 
 
@@ -821,3 +1032,17 @@ def _parse_time(text: str) -> float | None:
         )
     except ValueError:
         return None
+
+
+def _chat_mask(mask: str) -> str:
+    """An IRC ban mask as the chat's: ``bob!*@*`` bans the nickname, ``*!*@1.2.3.4`` the
+    address, ``$a:bob`` the account; anything else is passed on to be refused."""
+    if mask.startswith("$a:"):
+        return f"account:{mask[3:]}"
+    nick, _, rest = mask.partition("!")
+    host = rest.partition("@")[2]
+    if nick and "*" not in nick and "?" not in nick:
+        return f"nick:{nick}"
+    if host and "*" not in host and "?" not in host:
+        return f"address:{host}"
+    return mask

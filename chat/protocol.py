@@ -554,6 +554,8 @@ class Topic(Event):
     """A room's topic: set by ``nick``, or (``nick`` null) shown on request or on join."""
 
     type: ClassVar[str] = "topic"
+    by: str | None = None  # who set the topic shown (on join or request), if known
+    at: float = 0.0  # and when
 
     def as_text(self) -> str:
         if self.nick:
@@ -760,6 +762,9 @@ class Whois(Event):
     since: float = 0.0
     operator: bool = False
     address: str | None = None
+    user: str = ""
+    realname: str = ""
+    operator_in: tuple[str, ...] = ()  # of rooms, those they operate
 
     def as_text(self) -> str:
         lines = [

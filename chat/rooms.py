@@ -16,6 +16,7 @@ A member matching any of a room's ban masks cannot join it; any of its mute mask
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +27,15 @@ from chat.storage import Ban, RoomState
 if TYPE_CHECKING:
     from chat.hub import Peer
 
-__all__ = ["MASK_KINDS", "Member", "Room", "address_mask", "masks_of", "parse_mask"]
+__all__ = [
+    "MASK_KINDS",
+    "Departed",
+    "Member",
+    "Room",
+    "address_mask",
+    "masks_of",
+    "parse_mask",
+]
 
 MASK_KINDS = ("account", "nick", "address")
 
@@ -48,10 +57,23 @@ class Member:
     ignores: set[str] = field(default_factory=set)  # nick keys
     history_from: dict[str, float] = field(default_factory=dict)  # room key -> oldest ts seen
     names_rooms: bool = False  # every line names its room (IRC): no active room to announce
+    user: str = ""  # what the client calls its user (IRC's USER; else the nickname)
+    realname: str = ""  # IRC's real name; else the nickname
+    invisible: bool = False  # IRC's +i: not listed by WHO masks to those sharing no room
 
     @property
     def address(self) -> str:
         return self.peer.address
+
+
+@dataclass(frozen=True, slots=True)
+class Departed:
+    """Someone who left the chat, as IRC's WHOWAS remembers them."""
+
+    nick: str
+    user: str
+    realname: str
+    at: float
 
 
 def address_mask(address: str) -> str:
@@ -89,6 +111,9 @@ class Room:
     name: str
     history: deque[Message | Action]
     topic: str = ""
+    topic_by: str = ""  # who set the topic, while this process has known the room
+    topic_at: float = 0.0
+    created: float = field(default_factory=time.time)  # when this process first held it
     members: dict[Member, None] = field(default_factory=dict)  # local, an ordered set
     remote: dict[str, str] = field(default_factory=dict)  # on other nodes: nick key -> nick
     modes: set[str] = field(default_factory=set)  # of ROOM_MODES

@@ -70,6 +70,7 @@ __all__ = [
     "MsgCommand",
     "MuteCommand",
     "NickCommand",
+    "NoticeCommand",
     "OpCommand",
     "Param",
     "PartCommand",
@@ -138,6 +139,14 @@ class MeCommand:
 @dataclass(frozen=True, slots=True)
 class MsgCommand:
     nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeCommand:
+    """A notice to a room or a nickname: shown like a message, never answered by a bot."""
+
+    target: str
     text: str
 
 
@@ -375,6 +384,7 @@ Command = (
     | SayCommand
     | MeCommand
     | MsgCommand
+    | NoticeCommand
     | JoinCommand
     | PartCommand
     | RoomsCommand
@@ -553,6 +563,13 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
         "Send a private message that only nick sees.",
         (Param("nick", Kind.NICK), Param("text", Kind.TEXT)),
         aliases=("query",),
+    ),
+    CommandSpec(
+        "notice",
+        NoticeCommand,
+        "Send a notice to a room you are in or to a nick: shown as -you- text; bots never "
+        "answer one.",
+        (Param("target", Kind.WORD, label="#room|nick"), Param("text", Kind.TEXT)),
     ),
     CommandSpec(
         "nick",

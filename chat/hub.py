@@ -55,6 +55,7 @@ from chat.commands import (
     MsgCommand,
     MuteCommand,
     NickCommand,
+    NoticeCommand,
     OpCommand,
     PartCommand,
     PasswordCommand,
@@ -556,6 +557,8 @@ class Hub:
                 self.act(member, room, text)
             case MsgCommand(nick=nick, text=text):
                 return self.private(member, nick, text, re)
+            case NoticeCommand(target=target, text=text):
+                return self.notice(member, target, text, re)
             case JoinCommand(room=room):
                 return self.join(member, room, re)
             case PartCommand(room=room, reason=reason):
@@ -1114,11 +1117,11 @@ class Hub:
     # per event-loop iteration, so a member gets one push with everything said in that
     # iteration instead of one push per message.
 
-    def say(self, member: Member, name: str | None, text: str) -> Message:
+    def say(self, member: Member, name: str | None, text: str, *, notice: bool = False) -> Message:
         room = self._member_room(member, name)
         if room.modes or room.mutes:
             self._check_voice(member, room)
-        event = Message(room=room.name, nick=member.nick, text=text)
+        event = Message(room=room.name, nick=member.nick, text=text, notice=notice)
         self._said(member, room, event)
         return event
 
@@ -1151,12 +1154,27 @@ class Hub:
         self.outbox.post(room, event)
         self.backend.publish(event)
 
+    async def notice(
+        self, member: Member, target: str, text: str, request: str | None = None
+    ) -> None:
+        """A notice to a room (said there) or to a nickname (private)."""
+        if target.startswith("#"):
+            self.say(member, target, text, notice=True)
+        else:
+            await self.private(member, target, text, request, notice=True)
+
     async def private(
-        self, member: Member, nick: str, text: str, request: str | None = None
+        self,
+        member: Member,
+        nick: str,
+        text: str,
+        request: str | None = None,
+        *,
+        notice: bool = False,
     ) -> None:
         target = self.find(nick)
         if target is not None:
-            event = Private(nick=member.nick, target=target.nick, text=text)
+            event = Private(nick=member.nick, target=target.nick, text=text, notice=notice)
             if target is member:
                 self.tell(member, event, request)
                 return
@@ -1168,14 +1186,14 @@ class Hub:
             if nick_key(member.nick) not in target.ignores:  # the sender is not told
                 self.tell(target, event)
             member.last_said = event.ts
-            if target.away and nick_key(member.nick) not in target.told_away:
+            if target.away and not notice and nick_key(member.nick) not in target.told_away:
                 target.told_away.add(nick_key(member.nick))
                 self.tell(member, Away(nick=target.nick, text=target.away))
         else:
             remote = await self.backend.locate(nick)
             if remote is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
-            event = Private(nick=member.nick, target=remote, text=text)
+            event = Private(nick=member.nick, target=remote, text=text, notice=notice)
             self.backend.send_private(event)
         self.tell(member, replace(event, echo=True), request)
 

@@ -284,8 +284,8 @@ class IrcCodec:
         tags = self._tags(event)
         nick = event.nick or ""
         match event:
-            case Message(room=str(room), text=text):
-                return self._privmsg(hostmask(nick), room, text, tags)
+            case Message(room=str(room), text=text, notice=notice):
+                return self._privmsg(hostmask(nick), room, text, tags, notice=notice)
             case Action(room=str(room), text=text):
                 return self._privmsg(hostmask(nick), room, text, tags, action=True)
             case Join(room=str(room)):
@@ -314,9 +314,16 @@ class IrcCodec:
         return self._answer(event, tags)
 
     def _privmsg(
-        self, source: str, target: str, text: str, tags: dict[str, str], *, action: bool = False
+        self,
+        source: str,
+        target: str,
+        text: str,
+        tags: dict[str, str],
+        *,
+        action: bool = False,
+        notice: bool = False,
     ) -> list[str]:
-        head = f":{source} PRIVMSG {target} :"
+        head = f":{source} {'NOTICE' if notice else 'PRIVMSG'} {target} :"
         wrap = ("\x01ACTION ", "\x01") if action else ("", "")
         room = IRC_LINE_MAX - 2 - len(head.encode()) - len(wrap[0]) - len(wrap[1])
         prefix = _tagged("", tags)
@@ -422,10 +429,12 @@ class IrcCodec:
         nick = event.nick or ""
         num = self.numeric
         match event:
-            case Private(target=target, text=text, echo=echo):
+            case Private(target=target, text=text, echo=echo, notice=notice):
                 if echo and not self.echo_message:
                     return []
-                return self._privmsg(hostmask(nick), target if echo else self.nick, text, tags)
+                return self._privmsg(
+                    hostmask(nick), target if echo else self.nick, text, tags, notice=notice
+                )
             case Welcome():
                 self.nick = nick
                 return [

@@ -37,6 +37,7 @@ from chat.commands import (
     ModeCommand,
     MsgCommand,
     NickCommand,
+    NoticeCommand,
     OpCommand,
     PartCommand,
     Request,
@@ -57,7 +58,16 @@ from chat.irc import (
     hostmask,
     sanitize_irc,
 )
-from chat.protocol import NICK_MAX, REASON_MAX, ROOM_MAX, TOPIC_MAX, nick_key, validate_nick
+from chat.protocol import (
+    NICK_MAX,
+    REASON_MAX,
+    ROOM_MAX,
+    TOPIC_MAX,
+    Action,
+    Message,
+    nick_key,
+    validate_nick,
+)
 from chat.rooms import Member, Room
 
 if TYPE_CHECKING:
@@ -474,14 +484,20 @@ class IrcHandler:
             if verb == "PRIVMSG":
                 self._numeric("412", "No text to send")
             return
+        notice = verb == "NOTICE"
         member = self.session.member
         assert member is not None
         for target in params[0].split(",")[:MAX_TARGETS]:
             if not target.startswith("#"):
-                await self._run(MsgCommand(target, f"* {text}" if action else text), verb, target)
+                private = f"* {text}" if action else text
+                command = NoticeCommand(target, private) if notice else MsgCommand(target, private)
+                await self._run(command, verb, target)
                 continue
             try:
-                said = (self.hub.act if action else self.hub.say)(member, target, text)
+                if action:
+                    said: Message | Action = self.hub.act(member, target, text)
+                else:
+                    said = self.hub.say(member, target, text, notice=notice)
             except ProtocolError as exc:
                 if exc.code is ErrorCode.NOT_IN_ROOM and not self.hub.has_room(target):
                     exc = ProtocolError(ErrorCode.NO_SUCH_ROOM, "No such channel")

@@ -476,10 +476,19 @@ class Message(Event):
 
     type: ClassVar[str] = "message"
     history: bool = False
+    notice: bool = False  # a notice: automatic replies (bots) must never answer one
 
     def as_text(self) -> str:
         when = f"(history {_when(self.ts)}) " if self.history else ""
+        if self.notice:
+            return f"{_where(self.room)}{when}-{self.nick}- {self.text}"
         return f"{_where(self.room)}{when}<{self.nick}> {self.text}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        if not self.notice:
+            del data["notice"]  # only notices say so
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -501,11 +510,19 @@ class Private(Event):
     type: ClassVar[str] = "private"
     target: str = ""
     echo: bool = False
+    notice: bool = False  # as Message.notice
 
     def as_text(self) -> str:
+        who = f"-{self.nick}-" if self.notice else f"<{self.nick}>"
         if self.echo:
-            return f"[private to {self.target}] <{self.nick}> {self.text}"
-        return f"[private] <{self.nick}> {self.text}"
+            return f"[private to {self.target}] {who} {self.text}"
+        return f"[private] {who} {self.text}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = Event.as_dict(self)
+        if not self.notice:
+            del data["notice"]
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

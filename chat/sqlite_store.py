@@ -374,7 +374,8 @@ def _pack(line: Line) -> str:
     text = line.text
     if _FIELD in text or _LINE in text or _FIELD in nick or _LINE in nick:
         text, nick = text.translate(_SEPARATORS), nick.translate(_SEPARATORS)
-    return _FIELD.join((line.id, repr(line.ts), line.type, nick, text))
+    kind = "notice" if isinstance(line, Message) and line.notice else line.type
+    return _FIELD.join((line.id, repr(line.ts), kind, nick, text))
 
 
 def _prune(conn: sqlite3.Connection, key: str, keep: int) -> int:
@@ -455,12 +456,18 @@ def _lines(key: str, before: float, limit: int, conn: sqlite3.Connection) -> lis
         (key, before),
     )
     for name, packed in rows:
-        chunk = []
+        chunk: list[Line] = []
         for line in packed.split(_LINE):
             id_, ts, kind, nick, text = line.split(_FIELD, 4)
             if float(ts) < before:
-                cls = Message if kind == "message" else Action
-                chunk.append(cls(id=id_, ts=float(ts), room=name, nick=nick or None, text=text))
+                at, who = float(ts), nick or None
+                if kind == "action":
+                    chunk.append(Action(id=id_, ts=at, room=name, nick=who, text=text))
+                else:
+                    notice = kind == "notice"
+                    chunk.append(
+                        Message(id=id_, ts=at, room=name, nick=who, text=text, notice=notice)
+                    )
         found[:0] = chunk
         if len(found) >= limit:
             break

@@ -515,10 +515,15 @@ async def test_privmsg_to_a_channel_and_to_a_nick(port: int) -> None:
 async def test_notice_is_delivered_and_never_answered_with_an_error(port: int) -> None:
     alice = await irc_user(port, "alice", rooms=["#lobby"])
     bob = await irc_user(port, "bob", rooms=["#lobby"])
+    text = await LineClient.connect(port, "carol")
     await alice.send("NOTICE bob :psst")
-    got = await bob.get("PRIVMSG", "bob")  # the chat has one kind of private message
+    got = await bob.get("NOTICE", "bob")  # a notice stays a notice, for bots' sake
     assert got.params[-1] == "psst"
     assert got.nick == "alice"
+    await alice.send("NOTICE #lobby :to everyone")
+    assert (await bob.get("NOTICE", "#lobby")).params[-1] == "to everyone"
+    await text.expect(r"^\[#lobby\] -alice- to everyone$")  # and shows as one elsewhere
+    await text.close()
     for line in ("NOTICE nobody :hi", "NOTICE #nowhere :hi", "NOTICE", "NOTICE bob", "NOTICE #x"):
         await alice.send(line)
     answers = [m for m in await alice.sync() if m.source == SERVER]

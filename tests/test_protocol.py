@@ -1478,9 +1478,10 @@ def extra_fields(
     return {
         Hello: {"version": st.integers(min_value=0, max_value=10**6), "server": text},
         Welcome: {"account": maybe},
-        Message: {"history": st.booleans()},
+        Message: {"history": st.booleans(), "notice": st.booleans()},
         Action: {"history": st.booleans()},
-        Private: {"target": text, "echo": st.booleans()},
+        Private: {"target": text, "echo": st.booleans(), "notice": st.booleans()},
+        Topic: {"by": maybe, "at": ts},
         Nick: {"new_nick": text},
         RoomList: {
             "rooms": st.lists(
@@ -1514,6 +1515,9 @@ def extra_fields(
             "since": ts,
             "operator": st.booleans(),
             "address": maybe,
+            "user": text,
+            "realname": text,
+            "operator_in": names,
         },
         Ignores: {"nicks": names},
         LoggedIn: {"account": maybe},

@@ -1117,11 +1117,13 @@ class Hub:
     # per event-loop iteration, so a member gets one push with everything said in that
     # iteration instead of one push per message.
 
-    def say(self, member: Member, name: str | None, text: str, *, notice: bool = False) -> Message:
+    def say(
+        self, member: Member, name: str | None, text: str, *, notice: bool = False, tags: str = ""
+    ) -> Message:
         room = self._member_room(member, name)
         if room.modes or room.mutes:
             self._check_voice(member, room)
-        event = Message(room=room.name, nick=member.nick, text=text, notice=notice)
+        event = Message(room=room.name, nick=member.nick, text=text, notice=notice, tags=tags)
         self._said(member, room, event)
         return event
 
@@ -1171,10 +1173,13 @@ class Hub:
         request: str | None = None,
         *,
         notice: bool = False,
+        tags: str = "",
     ) -> None:
         target = self.find(nick)
         if target is not None:
-            event = Private(nick=member.nick, target=target.nick, text=text, notice=notice)
+            event = Private(
+                nick=member.nick, target=target.nick, text=text, notice=notice, tags=tags
+            )
             if target is member:
                 self.tell(member, event, request)
                 return
@@ -1193,7 +1198,7 @@ class Hub:
             remote = await self.backend.locate(nick)
             if remote is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
-            event = Private(nick=member.nick, target=remote, text=text, notice=notice)
+            event = Private(nick=member.nick, target=remote, text=text, notice=notice, tags=tags)
             self.backend.send_private(event)
         self.tell(member, replace(event, echo=True), request)
 

@@ -58,6 +58,7 @@ __all__ = [
     "IRC_LINE_MAX",
     "IrcCodec",
     "IrcMessage",
+    "escape_tag",
     "format_message",
     "looks_like_irc",
     "parse_message",
@@ -123,7 +124,8 @@ def _unescape(value: str) -> str:
     return _TAG_UNESCAPE_RE.sub(lambda m: _TAG_UNESCAPES.get(m.group(1), m.group(1)), value)
 
 
-def _escape(value: str) -> str:
+def escape_tag(value: str) -> str:
+    """A tag's value as it is written on the wire (IRCv3 message-tags escaping)."""
     return _TAG_ESCAPE_RE.sub(lambda m: _TAG_ESCAPES[m.group()], value)
 
 
@@ -163,7 +165,9 @@ def format_message(
     has to be (empty, a space, or a leading colon) or is free text (see :func:`_line`)."""
     parts: list[str] = []
     if tags:
-        parts.append("@" + ";".join(k if not v else f"{k}={_escape(v)}" for k, v in tags.items()))
+        parts.append(
+            "@" + ";".join(k if not v else f"{k}={escape_tag(v)}" for k, v in tags.items())
+        )
     if source:
         parts.append(":" + source)
     parts.append(command)
@@ -277,6 +281,10 @@ class IrcCodec:
             tags["time"] = server_time(event.ts)
         if "message-tags" in self.caps and isinstance(event, Message | Action | Private):
             tags["msgid"] = event.id
+            if not isinstance(event, Action) and event.tags:
+                for item in event.tags.split(";"):
+                    key, _, value = item.partition("=")
+                    tags[key] = _unescape(value)
         return tags
 
     def _render(self, event: Event, *, shared: bool) -> list[str]:
@@ -610,13 +618,13 @@ def _tagged(line: str, tags: Mapping[str, str]) -> str:
     """``line`` with ``tags`` in front (a bare prefix when ``line`` is empty)."""
     if not tags:
         return line
-    head = "@" + ";".join(f"{k}={_escape(v)}" if v else k for k, v in tags.items())
+    head = "@" + ";".join(f"{k}={escape_tag(v)}" if v else k for k, v in tags.items())
     return f"{head} {line}"
 
 
 def _add_tag(line: str, key: str, value: str) -> str:
     """One more tag on a rendered line."""
-    tag = f"{key}={_escape(value)}"
+    tag = f"{key}={escape_tag(value)}"
     if line.startswith("@"):
         return f"@{tag};{line[1:]}"
     return f"@{tag} {line}"

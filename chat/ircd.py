@@ -35,9 +35,7 @@ from chat.commands import (
     JoinCommand,
     KickCommand,
     ModeCommand,
-    MsgCommand,
     NickCommand,
-    NoticeCommand,
     OpCommand,
     PartCommand,
     Request,
@@ -54,6 +52,7 @@ from chat.irc import (
     CAPABILITIES,
     IrcCodec,
     IrcMessage,
+    escape_tag,
     format_message,
     hostmask,
     sanitize_irc,
@@ -448,6 +447,9 @@ class IrcHandler:
 
     async def _registered(self, message: IrcMessage) -> None:
         verb, params = message.command, message.params
+        if verb in ("PRIVMSG", "NOTICE"):
+            await self._privmsg(params, verb, _client_tags(message))
+            return
         handler = self._commands.get(verb)
         if handler is not None:
             await handler(self, params)
@@ -464,7 +466,9 @@ class IrcHandler:
             return False
         return True
 
-    async def _privmsg(self, params: tuple[str, ...], verb: str = "PRIVMSG") -> None:
+    async def _privmsg(
+        self, params: tuple[str, ...], verb: str = "PRIVMSG", tags: str = ""
+    ) -> None:
         if not params or not params[0]:
             if verb == "PRIVMSG":
                 self._numeric("411", f"No recipient given ({verb})")
@@ -490,14 +494,18 @@ class IrcHandler:
         for target in params[0].split(",")[:MAX_TARGETS]:
             if not target.startswith("#"):
                 private = f"* {text}" if action else text
-                command = NoticeCommand(target, private) if notice else MsgCommand(target, private)
-                await self._run(command, verb, target)
+                try:
+                    await self.hub.private(
+                        member, target, private, self._id(verb), notice=notice, tags=tags
+                    )
+                except ProtocolError as exc:
+                    self._refuse(exc, verb, target)
                 continue
             try:
                 if action:
                     said: Message | Action = self.hub.act(member, target, text)
                 else:
-                    said = self.hub.say(member, target, text, notice=notice)
+                    said = self.hub.say(member, target, text, notice=notice, tags=tags)
             except ProtocolError as exc:
                 if exc.code is ErrorCode.NOT_IN_ROOM and not self.hub.has_room(target):
                     exc = ProtocolError(ErrorCode.NO_SUCH_ROOM, "No such channel")
@@ -505,9 +513,6 @@ class IrcHandler:
                 continue
             if self.codec.echo_message:  # the sender's copy, labeled if the line was
                 self.hub.outbox.send_bytes(self.session, self.codec.encode_one(said))
-
-    async def _notice(self, params: tuple[str, ...]) -> None:
-        await self._privmsg(params, "NOTICE")
 
     async def _join(self, params: tuple[str, ...]) -> None:
         if not self._need("JOIN", params, 1):
@@ -1003,8 +1008,6 @@ class IrcHandler:
         self._numeric("365", "*", "End of /LINKS list")
 
     _commands: Final[dict[str, Callable[[IrcHandler, tuple[str, ...]], Awaitable[None]]]] = {
-        "PRIVMSG": _privmsg,
-        "NOTICE": _notice,
         "JOIN": _join,
         "PART": _part,
         "TOPIC": _topic,
@@ -1062,3 +1065,9 @@ def _chat_mask(mask: str) -> str:
     if host and "*" not in host and "?" not in host:
         return f"address:{host}"
     return mask
+
+
+def _client_tags(message: IrcMessage) -> str:
+    """A line's client-only tags (``+name=value``), as they are relayed: escaped again."""
+    found = [(k, v) for k, v in message.tags.items() if k.startswith("+")]
+    return ";".join(k if not v else f"{k}={escape_tag(v)}" for k, v in found)

@@ -477,6 +477,7 @@ class Message(Event):
     type: ClassVar[str] = "message"
     history: bool = False
     notice: bool = False  # a notice: automatic replies (bots) must never answer one
+    tags: str = ""  # IRC client-only tags ("+draft/reply=id"), relayed to IRC clients only
 
     def as_text(self) -> str:
         when = f"(history {_when(self.ts)}) " if self.history else ""
@@ -488,6 +489,8 @@ class Message(Event):
         data = Event.as_dict(self)
         if not self.notice:
             del data["notice"]  # only notices say so
+        if not self.tags:
+            del data["tags"]
         return data
 
 
@@ -511,6 +514,7 @@ class Private(Event):
     target: str = ""
     echo: bool = False
     notice: bool = False  # as Message.notice
+    tags: str = ""  # as Message.tags
 
     def as_text(self) -> str:
         who = f"-{self.nick}-" if self.notice else f"<{self.nick}>"
@@ -522,6 +526,8 @@ class Private(Event):
         data = Event.as_dict(self)
         if not self.notice:
             del data["notice"]
+        if not self.tags:
+            del data["tags"]
         return data
 
 

@@ -960,6 +960,41 @@ async def test_echo_message_only_with_the_capability(port: int) -> None:
     assert texts(await echo.sync()) == ["not echoed", "nor this"]
 
 
+async def test_client_tags_reach_irc_clients_that_asked_for_message_tags(port: int) -> None:
+    tagged = await irc_user(port, "ivy", caps=["message-tags"], rooms=["#lobby"])
+    plain = await irc_user(port, "bob", rooms=["#lobby"])
+    sender = await irc_user(port, "amy", caps=["message-tags"], rooms=["#lobby"])
+    await sender.send("@+draft/react=\\:)\\s;+x PRIVMSG #lobby :tagged")
+    got = await tagged.get("PRIVMSG", "#lobby")
+    assert got.tags.get("+draft/react") == ";) " and "+x" in got.tags, got.raw
+    assert got.tags.get("msgid")
+    untagged = await plain.get("PRIVMSG", "#lobby")
+    assert not untagged.tags, untagged.raw  # no message-tags: no tags at all
+    await sender.send("@+draft/reply=abc PRIVMSG ivy :answer")
+    assert (await tagged.get("PRIVMSG", "ivy")).tags.get("+draft/reply") == "abc"
+
+
+async def test_a_notice_from_json_or_text_reaches_every_dialect_as_a_notice(port: int) -> None:
+    irc = await irc_user(port, "ivy", rooms=["#lobby"])
+    watcher = await JsonClient.connect(port, nick="watcher")
+    bot = await JsonClient.connect(port, nick="bot")
+    await bot.send({"type": "notice", "target": "#lobby", "text": "build passed"})
+    seen = await watcher.expect("message", nick="bot")
+    assert seen.text == "build passed" and seen.as_dict()["notice"] is True
+    notice = await irc.get("NOTICE", "#lobby")
+    assert (notice.nick, notice.params[-1]) == ("bot", "build passed")
+    await bot.send({"type": "say", "text": "plain"})
+    plain = await watcher.expect("message", nick="bot")
+    assert "notice" not in plain.as_dict()  # only notices say so
+    text = await LineClient.connect(port, "tom")
+    await text.send("/notice ivy a word")
+    private = await irc.get("NOTICE", "ivy")
+    assert (private.nick, private.params[-1]) == ("tom", "a word")
+    await text.close()
+    await watcher.close()
+    await bot.close()
+
+
 async def test_labeled_response(port: int) -> None:
     irc = await irc_user(port, "ivy", caps=["labeled-response", "batch"], rooms=["#lobby"])
     await irc.send("@label=one PING :token")

@@ -1478,9 +1478,9 @@ def extra_fields(
     return {
         Hello: {"version": st.integers(min_value=0, max_value=10**6), "server": text},
         Welcome: {"account": maybe},
-        Message: {"history": st.booleans(), "notice": st.booleans()},
+        Message: {"history": st.booleans(), "notice": st.booleans(), "tags": text},
         Action: {"history": st.booleans()},
-        Private: {"target": text, "echo": st.booleans(), "notice": st.booleans()},
+        Private: {"target": text, "echo": st.booleans(), "notice": st.booleans(), "tags": text},
         Topic: {"by": maybe, "at": ts},
         Nick: {"new_nick": text},
         RoomList: {

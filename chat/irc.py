@@ -349,6 +349,14 @@ class IrcCodec:
             return [_tagged(format_message(source, "MODE", room, change, shown), tags)]
         return [self._server_notice(room, event.as_text())]  # q (mute), r (claim): no IRC mode
 
+    def tagmsg(self, nick: str, target: str, client_tags: str, msgid: str, ts: float) -> str:
+        """A ``TAGMSG`` as this connection sees it (it negotiated ``message-tags``)."""
+        tags = {"msgid": msgid}
+        if "server-time" in self.caps:
+            tags["time"] = server_time(ts)
+        line = _tagged(format_message(hostmask(nick), "TAGMSG", target), tags)
+        return line.replace(" ", f";{client_tags} ", 1) if client_tags else line
+
     def _server_notice(self, target: str, text: str) -> str:
         return _line(self.server, "NOTICE", target, text or " ")
 

@@ -64,6 +64,7 @@ from chat.protocol import (
     TOPIC_MAX,
     Action,
     Message,
+    new_event_id,
     nick_key,
     validate_nick,
 )
@@ -450,6 +451,9 @@ class IrcHandler:
         if verb in ("PRIVMSG", "NOTICE"):
             await self._privmsg(params, verb, _client_tags(message))
             return
+        if verb == "TAGMSG":
+            self._tagmsg(params, _client_tags(message))
+            return
         handler = self._commands.get(verb)
         if handler is not None:
             await handler(self, params)
@@ -513,6 +517,42 @@ class IrcHandler:
                 continue
             if self.codec.echo_message:  # the sender's copy, labeled if the line was
                 self.hub.outbox.send_bytes(self.session, self.codec.encode_one(said))
+
+    def _tagmsg(self, params: tuple[str, ...], tags: str) -> None:
+        """``TAGMSG target``: client-only tags alone (a reaction, a typing notice). Only IRC
+        clients that negotiated ``message-tags`` can receive one, so it goes to those in
+        the room (or to the nickname), on this node, and no other dialect sees it."""
+        if not self._need("TAGMSG", params, 1):
+            return
+        member = self.session.member
+        assert member is not None
+        for target in params[0].split(",")[:MAX_TARGETS]:
+            recipients: list[Member]
+            if target.startswith("#"):
+                room = member.rooms.get(target.lower())
+                if room is None or not room.may_speak(member):
+                    exists = self.hub.has_room(target)
+                    self._numeric("404" if exists else "403", target, "Cannot send to channel")
+                    continue
+                recipients = [m for m in room.members if m is not member]
+            else:
+                found = self.hub.find(target)
+                if found is None:
+                    self._numeric("401", target, "No such nick")
+                    continue
+                recipients = [found] if found is not member else []
+            msgid, now = new_event_id(), time.time()
+            for other in recipients:
+                codec = other.peer.codec
+                if (
+                    isinstance(codec, IrcCodec)
+                    and "message-tags" in codec.caps
+                    and nick_key(member.nick) not in other.ignores
+                ):
+                    line = codec.tagmsg(member.nick, target, tags, msgid, now)
+                    self.hub.outbox.send_bytes(other.peer, f"{line}\r\n".encode())
+            if self.codec.echo_message and "message-tags" in self.codec.caps:
+                self._emit(self.codec.tagmsg(member.nick, target, tags, msgid, now))
 
     async def _join(self, params: tuple[str, ...]) -> None:
         if not self._need("JOIN", params, 1):

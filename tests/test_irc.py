@@ -972,6 +972,10 @@ async def test_client_tags_reach_irc_clients_that_asked_for_message_tags(port: i
     assert not untagged.tags, untagged.raw  # no message-tags: no tags at all
     await sender.send("@+draft/reply=abc PRIVMSG ivy :answer")
     assert (await tagged.get("PRIVMSG", "ivy")).tags.get("+draft/reply") == "abc"
+    await sender.send("@+typing=active TAGMSG #lobby")  # tags alone: IRC with message-tags only
+    typing = await tagged.get("TAGMSG", "#lobby")
+    assert (typing.nick, typing.tags.get("+typing")) == ("amy", "active"), typing.raw
+    assert "TAGMSG" not in [m.command for m in await plain.sync()]
 
 
 async def test_a_notice_from_json_or_text_reaches_every_dialect_as_a_notice(port: int) -> None:

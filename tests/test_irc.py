@@ -966,7 +966,8 @@ async def test_client_tags_reach_irc_clients_that_asked_for_message_tags(port: i
     sender = await irc_user(port, "amy", caps=["message-tags"], rooms=["#lobby"])
     await sender.send("@+draft/react=\\:)\\s;+x PRIVMSG #lobby :tagged")
     got = await tagged.get("PRIVMSG", "#lobby")
-    assert got.tags.get("+draft/react") == ";) " and "+x" in got.tags, got.raw
+    assert got.tags.get("+draft/react") == ";) ", got.raw
+    assert "+x" in got.tags, got.raw
     assert got.tags.get("msgid")
     untagged = await plain.get("PRIVMSG", "#lobby")
     assert not untagged.tags, untagged.raw  # no message-tags: no tags at all
@@ -984,7 +985,8 @@ async def test_a_notice_from_json_or_text_reaches_every_dialect_as_a_notice(port
     bot = await JsonClient.connect(port, nick="bot")
     await bot.send({"type": "notice", "target": "#lobby", "text": "build passed"})
     seen = await watcher.expect("message", nick="bot")
-    assert seen.text == "build passed" and seen.as_dict()["notice"] is True
+    assert seen.text == "build passed"
+    assert seen.as_dict()["notice"] is True
     notice = await irc.get("NOTICE", "#lobby")
     assert (notice.nick, notice.params[-1]) == ("bot", "build passed")
     await bot.send({"type": "say", "text": "plain"})
@@ -1273,3 +1275,303 @@ async def test_an_irc_client_answering_pings_stays(start_server: StartServer) ->
         ping = await irc.get("PING")
         await irc.send(f"PONG :{ping.params[0]}")
     assert "ERROR" not in commands(await irc.sync())
+
+
+# --- more commands: WHOWAS, OPER, WHO, NAMES, MODE, HELP, INFO, LINKS, LIST, PASS ----------
+
+OPER_PASSWORD = "sekret-pass"
+UNIX_TIME = re.compile(r"\d{9,11}")
+
+
+async def irc_user_as(port: int, nick: str, user: str, realname: str) -> IrcClient:
+    """A registered IRC client whose ``USER`` line gives ``user`` and ``realname``."""
+    client = await IrcClient.connect(port)
+    await client.send(f"NICK {nick}")
+    await client.send(f"USER {user} 0 * :{realname}")
+    await client.until(r"^(@\S+ )?:\S+ (376|422) ")
+    client.nick = nick
+    return client
+
+
+def numerics(lines: Iterable[Msg]) -> list[tuple[str, tuple[str, ...]]]:
+    """Every numeric among ``lines``, as (numeric, parameters)."""
+    return [(m.command, m.params) for m in lines if m.command.isdigit()]
+
+
+async def test_whowas_after_a_quit_then_406_and_461(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0, server_name="irc.example.test")
+    alice = await irc_user_as(server.port, "alice", "alfred", "Alice Liddell")
+    await alice.join("#room")
+    bob = await irc_user(server.port, "bob", rooms=["#room"])
+    await alice.send("QUIT :bye")
+    await bob.get("QUIT")  # the departure is remembered before the others are told
+    await bob.send("WHOWAS ALICE")
+    lines = await bob.until(r" 369 ")
+    got = numerics(lines)
+    assert [code for code, _ in got] == ["314", "312", "369"], [m.raw for m in lines]
+    assert got[0][1] == ("bob", "alice", "alfred", "chat", "*", "Alice Liddell")
+    assert got[1][1][:3] == ("bob", "alice", "irc.example.test")
+    assert got[2][1][:2] == ("bob", "ALICE")
+    assert all(m.source == "irc.example.test" for m in lines if m.command.isdigit())
+    await bob.send("WHOWAS nobody")
+    lines = await bob.until(r" 369 ")
+    assert [(code, params[:2]) for code, params in numerics(lines)] == [
+        ("406", ("bob", "nobody")),
+        ("369", ("bob", "nobody")),
+    ], [m.raw for m in lines]
+    await bob.send("WHOWAS")
+    answer = numerics(await bob.sync())
+    assert [(code, params[:2]) for code, params in answer] == [("461", ("bob", "WHOWAS"))]
+
+
+async def test_oper_whois_who_and_kill(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0, admins=("boss",))
+    port = server.port
+    text = await LineClient.connect(port, "boss")
+    await text.send(f"/register {OPER_PASSWORD}")
+    await text.expect(r"now yours")
+    await text.close()
+    chief = await irc_user(port, "chief", rooms=["#ops"])
+    victim = await irc_user(port, "victim")
+    await victim.send("KILL chief :x")  # not a server operator
+    refused = numerics(await victim.sync())
+    assert [(code, params[0]) for code, params in refused] == [("481", "victim")], refused
+    assert refused[0][1][1].startswith("Permission denied"), refused
+    await chief.send("OPER boss wrong")
+    assert numerics(await chief.sync()) == [("464", ("chief", "Password incorrect"))]
+    await chief.send("OPER nobody x")
+    assert numerics(await chief.sync()) == [("491", ("chief", "No O-lines for your host"))]
+    await chief.send(f"OPER boss {OPER_PASSWORD}")
+    lines = await chief.sync()
+    assert [(m.command, m.params) for m in lines] == [
+        ("381", ("chief", "You are now an IRC operator")),
+        ("MODE", ("chief", "+o")),
+    ], [m.raw for m in lines]
+    assert lines[1].source == "chief!chief@chat", lines[1].raw
+    await victim.send("WHOIS chief")
+    whois = await victim.until(r" 318 ")
+    assert ("313", ("victim", "chief", "is a server operator")) in numerics(whois)
+    await victim.send("WHO chief")
+    who = await victim.until(r" 315 ")
+    assert numerics(who) == [
+        ("352", ("victim", "*", "chief", "chat", SERVER, "chief", "H*", "0 chief in a test")),
+        ("315", ("victim", "chief", "End of /WHO list")),
+    ], [m.raw for m in who]
+    await victim.send("WHO #ops")
+    flags = next(m for m in await victim.until(r" 315 ") if m.command == "352").params[6]
+    assert flags == "H*@", flags
+    await chief.send("KILL victim :x")
+    last = await victim.eof()
+    assert commands(last)[-1:] == ["ERROR"], [m.raw for m in last]
+    assert "Killed by chief" in last[-1].params[0], last[-1].raw
+
+
+async def test_who_masks_nick_realname_away_invisible_and_whox(port: int) -> None:
+    alice = await irc_user_as(port, "alice", "alfred", "Alice Liddell")
+    alan = await irc_user(port, "alan")
+    bob = await irc_user(port, "bob")
+    await alice.send("WHO AL*")
+    lines = await alice.until(r" 315 ")
+    assert sorted(p[5] for code, p in numerics(lines) if code == "352") == ["alan", "alice"]
+    assert lines[-1].params[:2] == ("alice", "AL*")
+    await bob.send("WHO alice")
+    lines = await bob.until(r" 315 ")
+    assert numerics(lines)[0] == (
+        "352",
+        ("bob", "*", "alfred", "chat", SERVER, "alice", "H", "0 Alice Liddell"),
+    ), [m.raw for m in lines]
+    await alice.send("AWAY :busy")
+    await alice.get("306")
+    await bob.send("WHO alice")
+    assert numerics(await bob.until(r" 315 "))[0][1][6] == "G"
+    # +i: hidden from a mask to someone sharing no channel, not from the exact nick
+    await alan.send("MODE alan +i")
+    changed = await alan.get("MODE")
+    assert changed.params == ("alan", "+i"), changed.raw
+    await bob.send("WHO al?n")
+    assert numerics(await bob.until(r" 315 ")) == [("315", ("bob", "al?n", "End of /WHO list"))]
+    await bob.send("WHO alan")
+    assert [code for code, _ in numerics(await bob.until(r" 315 "))] == ["352", "315"]
+    await alan.join("#common")
+    await bob.join("#common")
+    await bob.send("WHO al?n")
+    assert [(c, p[5] if c == "352" else p[1]) for c, p in numerics(await bob.until(r" 315 "))] == [
+        ("352", "alan"),
+        ("315", "al?n"),
+    ]
+    # WHOX: the fields in the order tcuihsnfdlaor, with the token first
+    await registered_text_user(port, "carol")
+    carol = await IrcClient.connect(port)
+    await carol.send(f"PASS {PASSWORD}")
+    await carol.send("NICK carol")
+    await carol.send("USER cuser 0 * :Carol Lewis")
+    await carol.get("376")
+    await carol.send("JOIN #common")
+    await carol.get("366")
+    await bob.send("WHO #common %tcuhnfar,42")
+    lines = await bob.until(r" 315 ")
+    rows = sorted((p for code, p in numerics(lines) if code == "354"), key=lambda p: p[5])
+    assert rows == [
+        ("bob", "42", "#common", "alan", "chat", "alan", "H@", "0", "alan in a test"),
+        ("bob", "42", "#common", "bob", "chat", "bob", "H", "0", "bob in a test"),
+        ("bob", "42", "#common", "cuser", "chat", "carol", "H", "carol", "Carol Lewis"),
+    ], [m.raw for m in lines]
+    assert lines[-1].params[:2] == ("bob", "#common")
+
+
+async def test_names_with_and_without_userhost_in_names(port: int) -> None:
+    full = await irc_user(port, "bartholomew1", caps=["userhost-in-names"], rooms=["#room"])
+    plain = await irc_user(port, "bob", rooms=["#room"])
+    await full.get("JOIN", "#room")  # bob
+    await full.send("NAMES #room")
+    names = await full.get("353")
+    assert names.params[:3] == ("bartholomew1", "=", "#room"), names.raw
+    assert sorted(names.params[3].split()) == ["@bartholomew1!bartholome@chat", "bob!bob@chat"]
+    await plain.send("NAMES #room")
+    names = await plain.get("353")
+    assert sorted(names.params[3].split()) == ["@bartholomew1", "bob"], names.raw
+
+
+async def test_topic_on_join_gives_332_and_333_and_mode_gives_324_and_329(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    await alice.send("TOPIC #room :what we talk about")
+    await alice.get("TOPIC")
+    bob = await IrcClient.connect(port)
+    await bob.register("bob")
+    got = [(c, p) for c, p in numerics(await bob.join("#room")) if c in ("332", "333")]
+    assert [c for c, _ in got] == ["332", "333"], got
+    assert got[0][1] == ("bob", "#room", "what we talk about")
+    assert got[1][1][:3] == ("bob", "#room", "alice")
+    assert UNIX_TIME.fullmatch(got[1][1][3]), got
+    await bob.send("MODE #room")
+    lines = await bob.until(r" 329 ")
+    got = [(c, p) for c, p in numerics(lines) if c in ("324", "329")]
+    assert [c for c, _ in got] == ["324", "329"], [m.raw for m in lines]
+    assert got[0][1][:2] == ("bob", "#room")
+    assert got[0][1][2].startswith("+"), got
+    assert "n" in got[0][1][2], got
+    assert got[1][1][:2] == ("bob", "#room")
+    assert UNIX_TIME.fullmatch(got[1][1][2]), got
+    await alice.send("MODE #room -n")
+    refused = numerics(await alice.sync())
+    assert [(c, p[:2]) for c, p in refused] == [("472", ("alice", "n"))], refused
+
+
+async def test_ban_mask_listed_enforced_and_lifted(port: int) -> None:
+    alice = await irc_user(port, "alice", rooms=["#room"])
+    bob = await irc_user(port, "bob")
+    await alice.send("MODE #room +b bob!*@*")
+    banned = await alice.get("MODE")
+    assert banned.params == ("#room", "+b", "bob!*@*"), banned.raw
+    await alice.send("MODE #room +b")
+    lines = await alice.until(r" 368 ")
+    got = numerics(lines)
+    assert [(c, p[:4]) for c, p in got] == [
+        ("367", ("alice", "#room", "bob!*@*", "alice")),
+        ("368", ("alice", "#room", "End of channel ban list")),
+    ], [m.raw for m in lines]
+    assert UNIX_TIME.fullmatch(got[0][1][4]), got
+    await bob.send("JOIN #room")
+    refused = await bob.get("474")
+    assert refused.params[:2] == ("bob", "#room"), refused.raw
+    await alice.send("MODE #room -b bob!*@*")
+    lifted = await alice.get("MODE")
+    assert lifted.params == ("#room", "-b", "bob!*@*"), lifted.raw
+    joined = await bob.join("#room")
+    assert (joined[0].command, joined[0].params) == ("JOIN", ("#room",)), joined[0].raw
+
+
+async def test_help_with_and_without_a_subject(port: int) -> None:
+    alice = await irc_user(port, "alice")
+    await alice.send("HELP PRIVMSG")
+    assert numerics(await alice.until(r" 706 ")) == [
+        ("704", ("alice", "PRIVMSG", "PRIVMSG <target>[,<target>] :<text>")),
+        ("705", ("alice", "PRIVMSG", "Say something in a channel, or to a nickname.")),
+        ("706", ("alice", "PRIVMSG", "End of /HELP")),
+    ]
+    await alice.send("HELP nosuchthing")
+    answer = numerics(await alice.sync())
+    assert [(c, p[:2]) for c, p in answer] == [("524", ("alice", "nosuchthing"))], answer
+    await alice.send("HELP")
+    got = numerics(await alice.until(r" 706 "))
+    assert got[0][0] == "704", got
+    assert got[-1] == ("706", ("alice", "*", "End of /HELP")), got
+    assert got[0][1][:2] == ("alice", "*")
+    middle = [p for c, p in got[1:-1]]
+    assert middle, got
+    assert all(c == "705" for c, _ in got[1:-1]), got
+    assert all(p[:2] == ("alice", "*") for p in middle)
+    listed = " ".join(p[2] for p in middle)
+    for command in ("/join", "/part", "/msg", "/register"):
+        assert command in listed, listed
+
+
+async def test_info_and_links(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0, server_name="irc.example.test")
+    alice = await irc_user(server.port, "alice")
+    await alice.send("INFO")
+    got = numerics(await alice.until(r" 374 "))
+    assert len(got) > 1, got
+    assert [c for c, _ in got[:-1]] == ["371"] * (len(got) - 1), got
+    assert all(len(p) == 2 for _, p in got), got
+    assert all(p[0] == "alice" for _, p in got), got
+    assert got[-1] == ("374", ("alice", "End of INFO list"))
+    await alice.send("LINKS")
+    lines = await alice.until(r" 365 ")
+    got = numerics(lines)
+    assert [(c, p[:3]) for c, p in got] == [
+        ("364", ("alice", "irc.example.test", "irc.example.test")),
+        ("365", ("alice", "*", "End of /LINKS list")),
+    ], [m.raw for m in lines]
+    assert got[0][1][3].startswith("0 "), got  # hopcount 0, then the description
+
+
+async def test_list_skips_empty_rooms_and_filters_by_mask(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=0, rate=0)
+    port = server.port
+    alice = await irc_user(port, "alice", rooms=["#alpha", "#beta"])
+    await alice.send("TOPIC #alpha :first letter")
+    await alice.get("TOPIC")
+    bob = await irc_user(port, "bob", rooms=["#apple"])
+    lobby = server.hub.find_room("#lobby")  # kept while empty: no IRC client is put in it
+    assert lobby is not None
+    assert not lobby.population
+    await bob.send("LIST")
+    got = numerics(await bob.until(r" 323 "))
+    assert got[0] == ("321", ("bob", "Channel", "Users  Name"))
+    assert got[-1] == ("323", ("bob", "End of /LIST"))
+    assert sorted(p for c, p in got if c == "322") == [
+        ("bob", "#alpha", "1", "first letter"),
+        ("bob", "#apple", "1", ""),
+        ("bob", "#beta", "1", ""),
+    ], got
+    await bob.send("LIST #A*")
+    got = numerics(await bob.until(r" 323 "))
+    assert sorted(p for c, p in got if c == "322") == [
+        ("bob", "#alpha", "1", "first letter"),
+        ("bob", "#apple", "1", ""),
+    ], got
+    await bob.send("LIST #beta,#none*")
+    got = numerics(await bob.until(r" 323 "))
+    assert [p for c, p in got if c == "322"] == [("bob", "#beta", "1", "")], got
+
+
+async def test_pass_is_ignored_without_an_account_and_refused_when_wrong(port: int) -> None:
+    guest = await IrcClient.connect(port)
+    await guest.send("PASS meant-for-a-bouncer")
+    await guest.send("NICK guest")
+    await guest.send("USER guest 0 * :Guest")
+    welcome = await guest.get("001")
+    assert welcome.params[0] == "guest", welcome.raw
+    await registered_text_user(port, "alice")
+    client = await IrcClient.connect(port)
+    await client.send("PASS not-the-password")
+    await client.send("NICK alice")
+    await client.send("USER alice 0 * :Alice")
+    answer = await client.sync()
+    assert [(m.command, m.params) for m in answer] == [
+        ("464", ("*", "Wrong password for alice."))
+    ], [m.raw for m in answer]
+    await client.send(f"PASS {PASSWORD}")  # the nickname may be tried again
+    await client.send("NICK alice")
+    assert (await client.get("001")).params[0] == "alice"

@@ -279,6 +279,20 @@ def build_server_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the name IRC clients know this server by (in numerics, PONG, WHOIS)",
     )
+    add(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an Origin browsers may open the WebSocket (/ws) from, e.g. "
+        "https://chat.example.org; repeatable (default: the server's own host)",
+    )
+    add(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this address, never the chat port (default: off)",
+    )
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -314,6 +328,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         node_id=args.node_id,
         redis_prefix=args.redis_prefix,
         server_name=args.server_name,
+        allowed_origins=tuple(args.allowed_origin),
+        metrics=args.metrics,
         reuse_port=args.reuse_port,
         limits=Limits(
             max_line=args.max_line,

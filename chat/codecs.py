@@ -79,8 +79,8 @@ class TextCodec:
 class JsonCodec:
     """JSON Lines for programs: ``{"type": ..., "id": ...}`` in, one event object per line out."""
 
-    name: Final = "json"
-    key: Final = Dialect.JSON
+    name: str = "json"
+    key: Hashable = Dialect.JSON  # a subclass frames the same objects differently (web.py)
     echoes: Final = True
 
     def decode(self, raw: bytes, *, registered: bool) -> Request | None:

@@ -22,12 +22,13 @@ of other nodes; the hub knows another node's users only as names in its rooms
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, cast
 
 from chat.accounts import LoginThrottle, Passwords, check_password
@@ -171,6 +172,17 @@ class Peer(Protocol):
 # --- the one delivery path ---------------------------------------------------------------
 
 
+@dataclass
+class Counters:
+    """What the server counts as it goes, for ``--metrics``: plain integers, cheap to bump
+    (chat.metrics reads them when Prometheus scrapes)."""
+
+    lines_in: collections.Counter[str] = field(default_factory=collections.Counter)
+    registrations: collections.Counter[str] = field(default_factory=collections.Counter)
+    disconnects: collections.Counter[str] = field(default_factory=collections.Counter)
+    loop_lag: float = 0.0  # seconds, the last sample
+
+
 class Outbox:
     """Every event on its way to a peer, in the order the hub produced them.
 
@@ -188,7 +200,7 @@ class Outbox:
     before they left.
     """
 
-    __slots__ = ("_committing", "_pending", "_posted", "_scheduled", "_store")
+    __slots__ = ("_committing", "_pending", "_posted", "_scheduled", "_store", "delivered")
 
     def __init__(self, store: Store | None = None) -> None:
         self._pending: list[_Entry] = []
@@ -196,6 +208,7 @@ class Outbox:
         self._scheduled = False
         self._store: Store = store or MemoryStore()
         self._committing: asyncio.Task[None] | None = None
+        self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
     def send(self, peer: Peer, event: Event) -> None:
         """One event for one peer, rendered now in the peer's current codec."""
@@ -314,7 +327,9 @@ class Outbox:
                         break
                     events.append(following[1])
                     start += 1
-                _fan_out(target.members if isinstance(target, Room) else target, events)
+                members = target.members if isinstance(target, Room) else target
+                _fan_out(members, events)
+                self.delivered += len(members)
             else:
                 target.push(cast(bytes, entry[1]))
 
@@ -491,6 +506,8 @@ class Hub:
         self.max_rooms = max_rooms
         self.max_ignores = max_ignores
         self.peak_members = 0  # the most registered at once, for IRC's LUSERS
+        self.said = 0  # room messages and actions (--metrics)
+        self.counters = Counters()
         self.departed: deque[Departed] = deque(maxlen=WHOWAS_KEPT)  # most recent first
         # Rooms larger than this stop announcing joins, parts and quits and list their
         # members only on /who: otherwise filling a room costs O(members^2) lines.
@@ -1151,6 +1168,7 @@ class Hub:
 
     def _said(self, member: Member, room: Room, event: Message | Action) -> None:
         member.last_said = event.ts
+        self.said += 1
         self._remember(room, event)
         self.store.append(event)
         self.outbox.post(room, event)
@@ -1574,8 +1592,8 @@ class Hub:
     def mode(
         self, member: Member, name: str | None, change: str | None, request: str | None
     ) -> None:
-        if change is None:
-            room = self._member_room(member, name)
+        if change is None:  # every room's modes are public
+            room = self._member_room(member, None) if name is None else self._existing_room(name)
             modes = "".join(sorted(room.modes))
             self.tell(member, Modes(room=room.name, modes=modes, owner=room.owner), request)
             return

@@ -38,6 +38,7 @@ from chat.hub import (
     Hub,
 )
 from chat.ircd import DEFAULT_SERVER_NAME
+from chat.metrics import MetricsServer, measure_lag
 from chat.protocol import Bye
 from chat.session import Limits, Session
 from chat.sqlite_store import open_store
@@ -88,6 +89,8 @@ class ServerConfig:
     node_id: str = ""
     redis_prefix: str = "chat:"
     server_name: str = DEFAULT_SERVER_NAME
+    allowed_origins: tuple[str, ...] = ()  # browsers' Origin for /ws; () = the server's host
+    metrics: str | None = None  # HOST:PORT of the Prometheus metrics, off by default
 
 
 # Descriptors a server needs besides its clients: listening sockets, the event loop, logs,
@@ -163,6 +166,8 @@ class ChatServer:
         self._tls: ssl.SSLContext | None = None
         self.max_clients = config.max_clients  # lowered at start if descriptors are short
         self._sessions: set[Session] = set()
+        self.metrics: MetricsServer | None = None  # --metrics
+        self._lag: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_ip: Counter[str] = Counter()
         self._closed = asyncio.Event()
@@ -211,6 +216,12 @@ class ChatServer:
             ", ".join(self.addresses),
             " (TLS)" if self._tls else "",
         )
+        if self.config.metrics:
+            self.metrics = MetricsServer(
+                self.config.metrics, self.hub, self.hub.counters, lambda: self._sessions
+            )
+            self._lag = asyncio.get_running_loop().create_task(measure_lag(self.hub.counters))
+            log.info("metrics on %s", self.config.metrics)
 
     async def _open_store(self) -> Store:
         """Redis in cluster mode, else the SQLite file (``:memory:``: nothing is kept)."""
@@ -299,7 +310,14 @@ class ChatServer:
             if banned is not None:
                 await self._refuse(reader, writer, ip, ErrorCode.BANNED, banned)
                 return
-            session = Session(reader, writer, self.hub, self.config.limits, self.config.server_name)
+            session = Session(
+                reader,
+                writer,
+                self.hub,
+                self.config.limits,
+                server_name=self.config.server_name,
+                allowed_origins=self.config.allowed_origins,
+            )
             self._sessions.add(session)
             try:
                 await session.run()
@@ -374,6 +392,12 @@ class ChatServer:
             await self._server.wait_closed()
         await self.hub.outbox.drain()
         await self.hub.store.close()
+        if self._lag is not None:
+            self._lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         if self.cluster is not None:
             await self.cluster.close()
         self._closed.set()

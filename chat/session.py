@@ -60,6 +60,7 @@ from chat.protocol import (
     decode_line,
     sniff_foreign,
 )
+from chat.web import WebHandler
 
 __all__ = ["FloodGate", "Limits", "Session", "Verdict"]
 
@@ -146,6 +147,7 @@ class Session:
     """Serve one client from connect to close. Create it, then await :meth:`run`."""
 
     __slots__ = (
+        "_allowed_origins",
         "_client_echo_off",
         "_closing",
         "_ending",
@@ -167,6 +169,7 @@ class Session:
         "_writer",
         "_writer_task",
         "address",
+        "close_code",
         "close_reason",
         "codec",
         "hub",
@@ -176,6 +179,7 @@ class Session:
         "member",
         "peer_address",
         "server_name",
+        "web",
     )
 
     def __init__(
@@ -184,13 +188,16 @@ class Session:
         writer: asyncio.StreamWriter,
         hub: Hub,
         limits: Limits,
+        *,
         server_name: str = DEFAULT_SERVER_NAME,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.id = next(_session_ids)
         self.hub = hub
         self.limits = limits
         self.member: Member | None = None
         self.close_reason = ""
+        self.close_code = ""  # why, as an error code (metrics); "" when the peer went
         peer = writer.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.address = peer[0] if isinstance(peer, tuple) else str(peer)
@@ -199,6 +206,8 @@ class Session:
         self.codec: Codec = TEXT
         self.irc: IrcHandler | None = None  # an IRC client's commands
         self.server_name = server_name  # what IRC clients know this server as
+        self.web: WebHandler | None = None  # a browser: HTTP, then maybe a WebSocket
+        self._allowed_origins = allowed_origins
         self._greeted = False
         self._reader = reader
         self._writer = writer
@@ -245,6 +254,11 @@ class Session:
         self._queued_bytes += len(data)
 
     @property
+    def backlog(self) -> int:
+        """Bytes waiting for this client: queued, or in the transport's buffer."""
+        return self._queued_bytes + self._transport.get_write_buffer_size()
+
+    @property
     def busy(self) -> bool:
         """More than half of this client's send budget is waiting: it is falling behind, and
         what is addressed to it alone (private messages) is refused to its senders before
@@ -285,6 +299,7 @@ class Session:
             log.error("internal error conn=%d", self.id, exc_info=group.exceptions[0])  # noqa: TRY400
         finally:
             await self._close_transport()
+            self.hub.counters.disconnects[self.close_code or "peer_closed"] += 1
             log.info(
                 "disconnect conn=%d peer=%s nick=%s reason=%r duration=%.1fs",
                 self.id,
@@ -304,6 +319,7 @@ class Session:
             return
         self._ending = True
         self.close_reason = self.close_reason or text
+        self.close_code = self.close_code or code.value
         self.send(Bye(code=code, text=text, re=request))
         self.hub.outbox.then(lambda: self._stop(text, flush=True))
 
@@ -315,6 +331,7 @@ class Session:
     def _overflow(self) -> None:
         """The client is not reading fast enough: tell it why (best effort) and drop it."""
         text = f"Send queue exceeded {self.limits.send_queue} bytes (you are not reading)."
+        self.close_code = self.close_code or ErrorCode.SEND_QUEUE_FULL.value
         self._stop(text, flush=False)
         if not self._transport.is_closing():
             bye = Bye(code=ErrorCode.SEND_QUEUE_FULL, text=text)
@@ -403,7 +420,7 @@ class Session:
     def _send_greeting(self) -> None:
         """People's greeting: sent once it is clear the peer is not an IRC client, which
         speaks first (see protocol.md, "One port, three dialects")."""
-        if self._greeted or self.irc is not None:
+        if self._greeted or self.irc is not None or self.web is not None:
             return
         self._greeted = True
         self.send(
@@ -417,7 +434,7 @@ class Session:
         """The next bytes from the peer, b"" at EOF; enforces registration and ping timeouts."""
         while True:
             try:
-                if not self._greeted and self.irc is None:
+                if not self._greeted and self.irc is None and self.web is None:
                     # Silence first: a person at telnet or nc, who is waiting to be greeted.
                     try:
                         async with asyncio.timeout(self.limits.greet_delay):
@@ -470,7 +487,9 @@ class Session:
             if first:
                 first = False
                 foreign = sniff_foreign(data)
-                if foreign is not None:
+                if foreign == "an HTTP request":
+                    self.web = WebHandler(self, self._allowed_origins)
+                elif foreign is not None:
                     self.close(
                         ErrorCode.NOT_CHAT,
                         f"This is a chat server and that looked like {foreign}; see protocol.md.",
@@ -485,6 +504,10 @@ class Session:
                     self.irc = IrcHandler(self, codec)
                 else:
                     self._send_greeting()
+            if self.web is not None:
+                if not await self.web.feed(data):
+                    return
+                continue
             if b"\xff" in data:  # never in UTF-8: telnet
                 self._negotiate(data)
             for line in self._framer.feed(data):
@@ -506,7 +529,7 @@ class Session:
                         )
                     else:
                         assert isinstance(line, bytes)
-                        await self._handle_line(line)
+                        await self.handle_line(line)
 
     def _admit(self) -> bool:
         """Charge one line, whatever it is (refused or overlong lines cost the same), to the
@@ -530,10 +553,17 @@ class Session:
             )
         return False
 
-    async def _handle_line(self, raw: bytes) -> None:
+    async def receive(self, raw: bytes) -> None:
+        """One line (a WebSocket text frame) from outside the line framer: charged to the
+        flood budget, then handled."""
+        if not self._ending and self._admit():
+            await self.handle_line(raw)
+
+    async def handle_line(self, raw: bytes) -> None:
         """Decode one line and carry it out: the chat's commands in the hub, the
         connection's here. A refusal raised on the way is answered, marked with the
         command and request it refuses."""
+        self.hub.counters.lines_in[self.codec.name] += 1
         if self.irc is not None:
             await self.irc.handle(raw)
             return
@@ -572,6 +602,7 @@ class Session:
     def registered(self, member: Member) -> None:
         """Registration succeeded (the IRC handler registers on its own)."""
         self.member = member
+        self.hub.counters.registrations[self.codec.name] += 1
         log.info(
             "register conn=%d peer=%s nick=%s account=%s dialect=%s",
             self.id,
@@ -605,8 +636,9 @@ class Session:
                     raise ProtocolError(
                         ErrorCode.ALREADY_REGISTERED, "You are registered already.", command="hello"
                     )
-                if self.codec is not JSON:
+                if not isinstance(self.codec, JsonCodec):
                     self.codec = JSON
+                if self.member is None:
                     self.send(
                         Hello(
                             server=SERVER_NAME,

@@ -388,7 +388,6 @@ async def test_megabyte_without_newline_ends_with_bye_while_others_chat(
     ("payload", "looks_like"),
     [
         pytest.param(tls_client_hello(), "a TLS handshake", id="tls-client-hello"),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "an HTTP request", id="http"),
         pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", "an SSH client", id="ssh"),
     ],
 )

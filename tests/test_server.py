@@ -1462,6 +1462,8 @@ def test_chat_server_help_lists_every_option_with_its_default() -> None:
         "--node-id": "host-pid-random",
         "--redis-prefix": config.redis_prefix,
         "--server-name": config.server_name,
+        "--allowed-origin": "the server's own host",  # repeatable
+        "--metrics": "off",
         "--db": default_db_path(),  # a file in the XDG state directory (ServerConfig: :memory:)
         "--history-keep": str(config.history_keep),
         "--admin": "none",  # --admin is repeatable

@@ -1,0 +1,1 @@
+"""The browser client's page, script and style, served by chat.web (no build step)."""

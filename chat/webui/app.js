@@ -797,7 +797,8 @@
     rooms(ev, { asked }) {
       const rooms = Array.isArray(ev.rooms) ? ev.rooms : [];
       const offset = Number(ev.offset) || 0;
-      const head = `${ev.total ?? rooms.length} rooms` +
+      const total = ev.total ?? rooms.length;
+      const head = `${total} room${total === 1 ? "" : "s"}` +
         (rooms.length < (ev.total ?? 0) ? `; ${offset + 1}-${offset + rooms.length} here` : "") + ":";
       const lines = rooms.map((r) => `  ${r.room} (${r.members} member${r.members === 1 ? "" : "s"})` +
         (r.topic ? `: ${r.topic}` : ""));

@@ -101,6 +101,7 @@ __all__ = [
     "parse_text_arguments",
     "parse_text_line",
     "spec_of",
+    "table",
 ]
 
 REQUEST_ID_MAX: Final = 64
@@ -788,6 +789,28 @@ def carries_secret(line: str) -> bool:
         line[1:].split(" ", 1)[0].lower()
     )
     return spec is not None and any(p.kind is Kind.SECRET for p in spec.params)
+
+
+def table() -> list[dict[str, Any]]:
+    """The typed commands as data, for clients that parse ``/command`` lines themselves
+    (the browser client fetches it as ``/commands.json``): one table, never a copy."""
+    return [
+        {
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "params": [
+                {
+                    "name": p.name,
+                    "kind": p.kind.value,
+                    "required": p.required,
+                    "label": p.usage.strip("[]"),
+                }
+                for p in spec.params
+            ],
+        }
+        for spec in COMMANDS
+        if spec.typed
+    ]
 
 
 def help_text(command: str | None) -> str:

@@ -6,6 +6,7 @@ also frames the WebSocket afterwards: no framing is written here), and answered:
 
 * ``GET /`` (and ``/app.js``, ``/style.css``): the browser client, shipped in the package;
 * ``GET /health``: ``{"status":"up","clients":N,"rooms":M}``;
+* ``GET /commands.json``: the command table, which the page reads typed lines with;
 * ``GET /ws`` with an ``Upgrade: websocket``: the JSON dialect, one object per text frame,
   once the ``Origin`` is one the server allows (``--allowed-origin``; by default the
   server's own host, as the browser reached it);
@@ -33,6 +34,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from chat.codecs import JsonCodec
+from chat.commands import table
 from chat.protocol import Bye, Event, Ping, render
 from chat.protocol import Dialect as WireDialect
 
@@ -88,6 +90,7 @@ class WebSocketCodec(JsonCodec):
 
 
 WEBSOCKET: Final = WebSocketCodec()
+COMMAND_TABLE: Final = json.dumps(table(), separators=(",", ":")).encode()
 
 
 class WebHandler:
@@ -142,6 +145,8 @@ class WebHandler:
             name, kind = STATIC[path]
             body = resources.files("chat.webui").joinpath(name).read_bytes()
             self._respond(200, "OK", body, kind)
+        elif path == "/commands.json":  # the command table the page parses lines with
+            self._respond(200, "OK", COMMAND_TABLE, "application/json")
         elif path == "/health":
             hub = self.session.hub
             status = {"status": "up", "clients": len(hub.members), "rooms": len(hub.room_names())}

@@ -74,6 +74,16 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy(server: Ch
     assert b'<script src="app.js"' in body or b'<script src="/app.js"' in body
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
+    status, _, body = await http_get(server.port, "/commands.json")
+    specs = {spec["name"]: spec for spec in json.loads(body)}
+    assert specs["kick"]["params"][1] == {
+        "name": "nick",
+        "kind": "nick",
+        "required": True,
+        "label": "nick",
+    }
+    assert "j" in specs["join"]["aliases"]
+    assert "hello" not in specs  # only what people type
     for path, kind in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
         status, headers, body = await http_get(server.port, path)
         assert (status, headers["content-type"].split(";")[0]) == (200, kind)

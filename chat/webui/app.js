@@ -866,57 +866,21 @@
 
   // --- typed commands ---------------------------------------------------------------------
 
-  // The server's command table (chat/commands.py), so that a typed /command becomes the same
-  // JSON command it would be over telnet, read by the same rules. Parameter kinds: room,
-  // nick, word, name, secret, offset, number (one word unless last), text, reason, topic.
-  const P = (name, kind, required = true, label = name) => ({ name, kind, required, label });
-  const ROOM = P("room", "room", false, "#room");
-  const NICK = P("nick", "nick");
-  const REASON = P("reason", "reason", false);
-  const COMMANDS = {
-    join: [P("room", "room", true, "#room")],
-    part: [ROOM, REASON],
-    rooms: [P("offset", "offset", false, "+N"), P("match", "text", false)],
-    who: [ROOM],
-    topic: [ROOM, P("text", "topic", false, "text|-delete")],
-    say: [ROOM, P("text", "text")],
-    me: [ROOM, P("text", "text", true, "action")],
-    msg: [NICK, P("text", "text")],
-    notice: [P("target", "word", true, "#room|nick"), P("text", "text")],
-    nick: [P("nick", "nick", true, "newnick")],
-    history: [ROOM, P("count", "number", false, "N")],
-    away: [P("text", "reason", false, "message")],
-    whois: [NICK],
-    ignore: [NICK],
-    unignore: [NICK],
-    ignores: [],
-    register: [P("password", "secret")],
-    login: [NICK, P("password", "secret")],
-    password: [P("old", "secret"), P("new", "secret")],
-    unregister: [P("password", "secret")],
-    claim: [ROOM],
-    unclaim: [ROOM],
-    op: [ROOM, NICK],
-    deop: [ROOM, NICK],
-    voice: [ROOM, NICK],
-    devoice: [ROOM, NICK],
-    kick: [ROOM, NICK, REASON],
-    ban: [ROOM, P("mask", "word", true, "nick|account|address"), REASON],
-    unban: [ROOM, P("mask", "word")],
-    bans: [ROOM],
-    mute: [ROOM, NICK],
-    unmute: [ROOM, NICK],
-    invite: [ROOM, NICK],
-    mode: [ROOM, P("change", "word", false, "+|-imt")],
-    kill: [NICK, REASON],
-    gban: [P("mask", "word", true, "account|address"), REASON],
-    ungban: [P("mask", "word")],
-    quit: [REASON],
-    help: [P("command", "name", false)],
-    width: [P("columns", "number", true, "N")],
-    ping: [P("token", "text", false)],
-  };
-  const ALIASES = { j: "join", list: "rooms", names: "who" };
+  // The server's command table (chat/commands.py, served as /commands.json), so that a
+  // typed /command becomes the same JSON command it would be over telnet, read by the same
+  // rules. Parameter kinds: room, nick, word, name, secret, offset, number (one word unless
+  // last), text, reason, topic. Filled in at start; until then no command is known.
+  const COMMANDS = {};
+  const ALIASES = {};
+  fetch("/commands.json")
+    .then((answer) => answer.json())
+    .then((specs) => {
+      for (const spec of specs) {
+        COMMANDS[spec.name] = spec.params;
+        for (const alias of spec.aliases) ALIASES[alias] = spec.name;
+      }
+    })
+    .catch(() => localError("Could not load the command list; reload the page."));
   const ONE_WORD = new Set(["room", "nick", "name", "offset", "number", "word", "secret"]);
   const BLANKABLE = new Set(["text", "reason", "name", "word", "secret"]);
 

@@ -1,8 +1,9 @@
 """``chat-bench``: a load generator for chat servers over loopback.
 
-It speaks this project's text dialect (``--protocol chat``) or IRC (``--protocol irc``, for
-ngIRCd and other C servers), so every server is measured by the same program. Each message
-carries a marker and the monotonic send time in nanoseconds.
+It speaks this project's text dialect (``--protocol chat``), IRC (``--protocol irc``, for
+ngIRCd and other C servers) or the JSON dialect over a WebSocket (``--protocol ws``: what
+browsers speak, ``GET /ws`` on the same port), so every server is measured by the same
+program. Each message carries a marker and the monotonic send time in nanoseconds.
 
 The generator must not be the bottleneck, so its receive path is cheap per delivery: every
 connection is a raw non-blocking socket read by a loop callback with ``recv_into`` into one
@@ -10,6 +11,11 @@ shared buffer (no allocation per read), deliveries are counted with ``bytearray.
 the marker (C speed; a marker cut between two reads is caught by a two-byte carry), and only
 a few *probe* clients parse send times, from the first ``--probe-bytes`` of each read. Flat
 out, each sender writes ``--batch`` lines in one ``send``.
+
+Over a WebSocket the read path is the same: the server's frames are not masked, so each
+event's JSON text (with the marker and the send time in it) lies verbatim in the bytes read.
+Only the handshake is the ``websockets`` library's (its sans-I/O client protocol), and the
+clients' frames, which must be masked, are built by its ``Frame``; nothing is framed here.
 
 Scenarios (one JSON summary line per run on stdout):
 
@@ -51,6 +57,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
 __all__ = ["main"]
 
 MARKER: Final = b"~B~"
@@ -58,8 +69,9 @@ MARKER: Final = b"~B~"
 # read is never taken for a (wrong) time.
 _STAMP_RE: Final = re.compile(rb"~B~ (\d+) ")
 # The same, with the sender's index (``~B~ <ns> <index>``), when nodes are told apart.
-_STAMP_FROM_RE: Final = re.compile(rb"~B~ (\d+) (\d+)[ \r\n]")
+_STAMP_FROM_RE: Final = re.compile(rb"~B~ (\d+) (\d+)[ \r\n\"]")  # " ends a JSON string
 ROOM: Final = "#bench"
+WS_PATH: Final = "/ws"
 TCP_CLOSE: Final = 7
 TCP_CLOSE_WAIT: Final = 8
 DROPPED_STATES: Final = (TCP_CLOSE, TCP_CLOSE_WAIT)
@@ -167,12 +179,23 @@ class Dialect:
 
     def __init__(self, protocol: str, size: int = 0) -> None:
         self.irc = protocol == "irc"
+        self.ws = protocol == "ws"  # the JSON dialect, one object per WebSocket text frame
         # Pad each message's text to about ``size`` bytes (IRC caps a line at 512).
         self.padding = "x" * max(0, size - 28)
 
     async def register(self, client: Client, *, join: bool) -> None:
         nick = client.nick
-        if self.irc:
+        if self.ws:
+            await _ws_handshake(client)
+            hello = _ws_frame({"type": "hello", "nick": nick})
+            if join:
+                await _send(client, hello + _ws_frame({"type": "join", "room": ROOM}))
+                # The join event, as every member sees it: {"type":"join",...,"nick":"b1",...
+                await _until(client, f'"room":"{ROOM}","nick":"{nick}"'.encode(), frames=True)
+            else:
+                await _send(client, hello)
+                await _until(client, b'"type":"welcome"', frames=True)
+        elif self.irc:
             await _send(client, f"NICK {nick}\r\nUSER {nick} 0 * :bench\r\n".encode())
             await _until(client, b" 001 ")
             if join:
@@ -188,12 +211,15 @@ class Dialect:
     def message(self, payload: str) -> bytes:
         if self.padding:
             payload = f"{payload} {self.padding}"
+        if self.ws:
+            return _ws_frame({"type": "say", "room": ROOM, "text": payload})
         if self.irc:
             return f"PRIVMSG {ROOM} :{payload}\r\n".encode()
         return f"{payload}\r\n".encode()
 
     def recipients(self, clients: int) -> int:
-        """Deliveries per message: IRC servers do not echo to the sender, chat does."""
+        """Deliveries per message: IRC servers do not echo to the sender, chat does (in
+        both dialects, so over a WebSocket too)."""
         return clients - 1 if self.irc else clients
 
 
@@ -201,8 +227,34 @@ async def _send(client: Client, data: bytes) -> None:
     await asyncio.get_running_loop().sock_sendall(client.sock, data)
 
 
-async def _until(client: Client, needle: bytes) -> None:
-    """Read until a line contains ``needle``; answer IRC PINGs meanwhile."""
+def _ws_frame(command: dict[str, str]) -> bytes:
+    """One JSON command as a client's (masked) WebSocket text frame."""
+    data = json.dumps(command, separators=(",", ":")).encode()
+    return Frame(Opcode.TEXT, data).serialize(mask=True)
+
+
+async def _ws_handshake(client: Client) -> None:
+    """Upgrade the connection to a WebSocket (``GET /ws``), as the library's client does."""
+    loop = asyncio.get_running_loop()
+    host, port = client.sock.getpeername()[:2]
+    protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}{WS_PATH}"))
+    protocol.send_request(protocol.connect())
+    await _send(client, b"".join(protocol.data_to_send()))
+    while protocol.state is State.CONNECTING:
+        # The server says nothing after its 101 until the hello: no frame is read here.
+        data = await loop.sock_recv(client.sock, 65536)
+        if not data:
+            raise ConnectionError("closed during the WebSocket handshake")
+        protocol.receive_data(data)
+    if protocol.state is not State.OPEN:  # the 101 checked (Sec-WebSocket-Accept too)
+        raise ConnectionError(f"WebSocket handshake refused: {protocol.handshake_exc}")
+
+
+async def _until(client: Client, needle: bytes, *, frames: bool = False) -> None:
+    """Read until a line contains ``needle``; answer IRC PINGs meanwhile.
+
+    With ``frames`` (a WebSocket: frames, not lines) anywhere in what was read counts.
+    """
     loop = asyncio.get_running_loop()
     buffered = b""
     while True:
@@ -210,6 +262,11 @@ async def _until(client: Client, needle: bytes) -> None:
         if not data:
             raise ConnectionError(f"closed while waiting for {needle!r}")
         buffered += data
+        if frames:
+            if needle in buffered:
+                return
+            buffered = buffered[-len(needle) :]
+            continue
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             if line.startswith(b"PING "):
@@ -774,7 +831,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT[,PORT...]",
         help="TCP port; several spread the clients over them round robin (a cluster's nodes)",
     )
-    add("--protocol", choices=["chat", "irc"], default="chat")
+    add(
+        "--protocol",
+        choices=["chat", "irc", "ws"],
+        default="chat",
+        help="text dialect, IRC, or the JSON dialect over a WebSocket (GET /ws)",
+    )
     add("--clients", type=int, default=100, help="connections (in the room, but for conns)")
     add("--senders", type=int, default=0, help="how many send; 0 means all")
     add("--rate", type=float, default=0, help="messages/s in total; 0 = flat out")

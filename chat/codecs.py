@@ -46,6 +46,11 @@ class Codec(Protocol):
         """Whether a member's own room messages come back to them (IRC: only with
         ``echo-message``)."""
 
+    @property
+    def away_notify(self) -> bool:
+        """Whether this connection is told when people it shares a room with go away or
+        come back (IRC's ``away-notify``); the other dialects ask with ``/whois``."""
+
     def encode(self, event: Event) -> bytes:
         """The bytes that carry ``event``, line ending included; the same for every
         connection with this :attr:`key`, so no per-connection state may show in them."""
@@ -61,6 +66,7 @@ class TextCodec:
 
     name: Final = "text"
     echoes: Final = True
+    away_notify: Final = False
 
     def __init__(self, width: int = DEFAULT_WIDTH) -> None:
         self.width = width
@@ -82,6 +88,7 @@ class JsonCodec:
     name: str = "json"
     key: Hashable = Dialect.JSON  # a subclass frames the same objects differently (web.py)
     echoes: Final = True
+    away_notify: Final = False
 
     def decode(self, raw: bytes, *, registered: bool) -> Request | None:
         line = decode_line(raw)

@@ -1251,7 +1251,10 @@ class Hub:
     def set_away(self, member: Member, text: str, request: str | None = None) -> None:
         member.away = text
         member.told_away.clear()
-        self.tell(member, Away(nick=member.nick, text=text), request)
+        event = Away(nick=member.nick, text=text)
+        sharing = self._sharing(member.rooms.values(), member, quiet_too=False)
+        self.outbox.deliver([m for m in sharing if m.peer.codec.away_notify], event)
+        self.tell(member, event, request)
 
     async def whois(self, member: Member, nick: str, request: str | None = None) -> None:
         target = self.find(nick)

@@ -70,6 +70,7 @@ TAGS_MAX: Final = 8191  # bytes of a client's tags, '@' and the space included (
 # What we offer in CAP LS. ``sasl`` only does PLAIN, over the connection as it is (TLS when
 # the listener has a certificate).
 CAPABILITIES: Final[dict[str, str]] = {
+    "away-notify": "",
     "batch": "",
     "draft/chathistory": "",
     "echo-message": "",
@@ -245,6 +246,7 @@ class IrcCodec:
         self.nick = "*"  # the target of numerics: "*" until registered
         self.caps: frozenset[str] = frozenset()
         self.echo_message = False  # this connection gets its own messages back
+        self.away_notify = False
         self.key: tuple[str, bool, bool] = ("irc", False, False)
         self._batches = itertools.count(1)
         self._history: tuple[str, str] | None = None  # (batch id, room) of an open replay
@@ -254,6 +256,7 @@ class IrcCodec:
     def set_caps(self, caps: Iterable[str]) -> None:
         self.caps = frozenset(caps)
         self.echo_message = "echo-message" in self.caps
+        self.away_notify = "away-notify" in self.caps
         self.key = ("irc", "server-time" in self.caps, "message-tags" in self.caps)
 
     # --- in ---------------------------------------------------------------------------
@@ -312,6 +315,10 @@ class IrcCodec:
                 return [_tagged(_line(hostmask(nick), "KICK", room, target, text or nick), tags)]
             case Mode(room=str(room), change=change, target=target):
                 return self._mode(event, room, change, target, tags)
+            case Away(text=text) if shared:  # away-notify
+                if text:
+                    return [_tagged(_line(hostmask(nick), "AWAY", text), tags)]
+                return [_tagged(format_message(hostmask(nick), "AWAY"), tags)]
             case Invite() if shared:
                 return []  # IRC tells only the inviter (341) and the invited (INVITE)
         if shared:

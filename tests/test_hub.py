@@ -197,6 +197,10 @@ class CountingCodec:
     def echoes(self) -> bool:
         return self.inner.echoes
 
+    @property
+    def away_notify(self) -> bool:
+        return self.inner.away_notify
+
     def encode(self, event: Event) -> bytes:
         self.encoded += 1
         return self.inner.encode(event)

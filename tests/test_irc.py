@@ -17,8 +17,10 @@ import asyncio
 import base64
 import itertools
 import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -1575,3 +1577,34 @@ async def test_pass_is_ignored_without_an_account_and_refused_when_wrong(port: i
     await client.send(f"PASS {PASSWORD}")  # the nickname may be tried again
     await client.send("NICK alice")
     assert (await client.get("001")).params[0] == "alice"
+
+
+async def test_away_notify_tells_who_shares_a_room(port: int) -> None:
+    watcher = await irc_user(port, "ivy", caps=["away-notify"], rooms=["#room"])
+    plain = await irc_user(port, "bob", rooms=["#room"])
+    text = await LineClient.connect(port, "tom")
+    await text.send("/join #room")
+    await text.send("/away at lunch")
+    away = await watcher.get("AWAY")
+    assert (away.nick, away.params) == ("tom", ("at lunch",))
+    await text.send("/away")
+    back = await watcher.get("AWAY")
+    assert (back.nick, back.params) == ("tom", ())
+    assert "AWAY" not in [m.command for m in await plain.sync()]  # not asked for
+    await text.close()
+
+
+async def test_irc_over_tls_on_the_same_port(
+    start_server: StartServer, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    server = await start_server(tls_cert=str(cert), tls_key=str(key), max_per_ip=0, rate=0)
+    context = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection(
+        "localhost", server.port, ssl=context, server_hostname="localhost"
+    )
+    writer.write(b"NICK secure\r\nUSER secure 0 * :S\r\n")
+    async with asyncio.timeout(WAIT):
+        first = await reader.readline()
+    assert b" 001 secure " in first  # IRC from the first byte, over TLS too
+    writer.close()

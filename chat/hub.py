@@ -979,7 +979,11 @@ class Hub:
         member.active = room
         event = Join(room=room.name, nick=member.nick)
         if not self._quiet(room):
-            self.outbox.deliver([m for m in room.members if m is not member], event)
+            others = [m for m in room.members if m is not member]
+            self.outbox.deliver(others, event)
+            if member.away:  # away-notify: an away user's arrival says so
+                away = Away(nick=member.nick, text=member.away)
+                self.outbox.deliver([m for m in others if m.peer.codec.away_notify], away)
         self.tell(member, event, request)
         self.backend.publish(event)
         if room.topic:

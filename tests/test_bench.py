@@ -114,6 +114,26 @@ def test_fanout_at_a_rate(chat_server: SyncServerProcess) -> None:
     assert summary["loss"] == 0
 
 
+@pytest.mark.parametrize("protocol", ["ws", "irc"])
+def test_fanout_over_websocket_and_irc(chat_server: SyncServerProcess, protocol: str) -> None:
+    """The browser dialect (JSON over WebSocket, echoed) and IRC (not echoed) on the same
+    port, counted like the text dialect."""
+    summary = bench(
+        chat_server,
+        "fanout",
+        f"--protocol={protocol}",
+        "--clients=5",
+        "--duration=1",
+        "--window=200",
+    )
+    assert (summary["protocol"], summary["connected"]) == (protocol, 5)
+    assert summary["sent"] > 0
+    recipients = 5 if protocol == "ws" else 4  # IRC clients never get their own lines
+    assert summary["expected"] == summary["sent"] * recipients
+    assert summary["received"] == summary["expected"]
+    assert summary["latency_samples"] > 0
+
+
 def test_conns_summary(chat_server: SyncServerProcess) -> None:
     summary = bench(chat_server, "conns", "--clients=20", "--settle=0.1")
     assert summary["scenario"] == "conns"

@@ -1591,6 +1591,15 @@ async def test_away_notify_tells_who_shares_a_room(port: int) -> None:
     back = await watcher.get("AWAY")
     assert (back.nick, back.params) == ("tom", ())
     assert "AWAY" not in [m.command for m in await plain.sync()]  # not asked for
+    await text.send("/away still eating")
+    await text.send("/join #later")
+    await watcher.send("JOIN #later")
+    await watcher.get("366", "ivy", "#later")
+    await text.send("/part #later")
+    await text.send("/join #later")  # joins while away: the arrival says so
+    await watcher.get("JOIN", "#later")
+    away = await watcher.get("AWAY")
+    assert (away.nick, away.params) == ("tom", ("still eating",))
     await text.close()
 
 

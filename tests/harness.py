@@ -290,12 +290,27 @@ def server_process(*args: str, timeout: float = 20.0) -> Iterator[SyncServerProc
 # --- raw clients --------------------------------------------------------------------------
 
 
-class LineClient:
-    """A text-dialect client over a real socket; every read has a timeout."""
+class StreamClient:
+    """A client on a real socket: what every dialect's test client shares."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            async with asyncio.timeout(WAIT):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError):
+            pass
+
+
+class LineClient(StreamClient):
+    """A text-dialect client over a real socket; every read has a timeout."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
         self.seen: list[str] = []
 
     @classmethod
@@ -375,16 +390,8 @@ class LineClient:
         await self.expect(rf"Welcome, {re.escape(nick)}!")
         await self.expect(r"\*\*\* \d+ in #lobby:")
 
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            async with asyncio.timeout(WAIT):
-                await self.writer.wait_closed()
-        except (OSError, TimeoutError):
-            pass
 
-
-class JsonClient:
+class JsonClient(StreamClient):
     """A JSON-Lines-dialect client over a real socket; every read has a timeout.
 
     Every JSON line received is kept three ways: as bytes (``raw_lines``), as the decoded
@@ -392,8 +399,7 @@ class JsonClient:
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer)
         self.events: list[Event] = []
         self.raw_lines: list[bytes] = []
         self.objects: list[dict[str, Any]] = []
@@ -488,14 +494,6 @@ class JsonClient:
                     await self.event(timeout)
                 except (EOFError, ConnectionResetError):
                     return self.events[start:]
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            async with asyncio.timeout(WAIT):
-                await self.writer.wait_closed()
-        except (OSError, TimeoutError):
-            pass
 
 
 # --- one test, both dialects ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from chat.server import ChatServer
-from tests.harness import WAIT, JsonClient, LineClient, StartServer
+from tests.harness import WAIT, JsonClient, LineClient, StartServer, StreamClient
 
 SERVER = "chat.server"
 PASSWORD = "correct-horse-battery"
@@ -78,12 +78,11 @@ def parse(raw: str) -> Msg:
     return Msg(raw, params[0], tuple(params[1:]), tags, source)
 
 
-class IrcClient:
+class IrcClient(StreamClient):
     """An IRC client over a real socket; every read has a timeout and is recorded."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer)
         self.seen: list[Msg] = []
         self.raw: list[bytes] = []
         self.nick = "*"
@@ -180,14 +179,6 @@ class IrcClient:
                     await self.line(timeout)
                 except (EOFError, ConnectionResetError):
                     return self.seen[start:]
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            async with asyncio.timeout(WAIT):
-                await self.writer.wait_closed()
-        except (OSError, TimeoutError):
-            pass
 
 
 async def irc_user(

@@ -321,9 +321,9 @@ class IrcCodec:
                 return [_tagged(format_message(hostmask(nick), "AWAY"), tags)]
             case Invite() if shared:
                 return []  # IRC tells only the inviter (341) and the invited (INVITE)
-        if shared:
+        if shared:  # not this connection's nick: the bytes go to others as well
             return [
-                self._server_notice(event.room or self.nick, _PREFIX_RE.sub("", line))
+                self._server_notice(event.room or "*", _PREFIX_RE.sub("", line))
                 for line in event.as_text().split("\r\n")
             ]
         return self._answer(event, tags)
@@ -439,7 +439,7 @@ class IrcCodec:
                 opening = format_message(self.server, "BATCH", f"+{ident}", "labeled-response")
                 lines = [
                     _add_tag(opening, "label", label),
-                    *(_add_tag(line, "batch", ident) for line in lines),
+                    *(_in_batch(line, ident) for line in lines),
                     format_message(self.server, "BATCH", f"-{ident}"),
                 ]
         return "".join(f"{line}\r\n" for line in lines).encode()
@@ -539,8 +539,11 @@ class IrcCodec:
                     _line(self.server, "NOTICE", self.nick, line or " ")
                     for line in text.split("\n")
                 ]
-        shared = self._render(event, shared=True)
-        return shared
+        # Anything else for this connection alone: the text dialect's sentences, as notices.
+        return [
+            self._server_notice(event.room or self.nick, _PREFIX_RE.sub("", line))
+            for line in event.as_text().split("\r\n")
+        ]
 
     def _names(self, event: Who, room: str) -> list[str]:
         ops = {n.lower() for n in event.operators}
@@ -635,6 +638,15 @@ def _tagged(line: str, tags: Mapping[str, str]) -> str:
         return line
     head = "@" + ";".join(f"{k}={escape_tag(v)}" if v else k for k, v in tags.items())
     return f"{head} {line}"
+
+
+def _in_batch(line: str, ident: str) -> str:
+    """``line`` inside the batch ``ident``, unless it is in a batch of its own already
+    (history within a labeled answer: its BATCH lines carry the outer batch)."""
+    tags = line.partition(" ")[0] if line.startswith("@") else ""
+    if "batch=" in tags:
+        return line
+    return _add_tag(line, "batch", ident)
 
 
 def _add_tag(line: str, key: str, value: str) -> str:

@@ -84,6 +84,8 @@ log = logging.getLogger("chat.irc")
 
 DEFAULT_SERVER_NAME: Final = "chat.server"  # chat-server --server-name
 MAX_TARGETS: Final = 4  # PRIVMSG / NOTICE targets in one line (TARGMAX)
+MAX_MODE_CHANGES: Final = 4  # mode letters carried out from one MODE line (MODES)
+_CLIENT_TAG_RE: Final = re.compile(r"\+(?:[A-Za-z0-9.-]+/)?[A-Za-z0-9-]+")
 MAX_REGISTRATION_ATTEMPTS: Final = 10
 HISTORY_BATCH_MAX: Final = 100  # CHATHISTORY lines in one answer
 MOTD: Final = (
@@ -280,7 +282,8 @@ class IrcHandler:
             case "LS":
                 if self.session.member is None:
                     self._negotiating = True
-                modern = len(params) > 1 and params[1].isdigit() and int(params[1]) >= 302
+                version = _number(params[1]) if len(params) > 1 else None
+                modern = version is not None and version >= 302
                 caps = " ".join(
                     f"{name}={value}" if value and modern else name
                     for name, value in CAPABILITIES.items()
@@ -292,7 +295,10 @@ class IrcHandler:
             case "REQ":
                 if self.session.member is None:
                     self._negotiating = True
-                asked = params[1].split() if len(params) > 1 else []
+                if len(params) < 2 or not params[1].split():
+                    self._numeric("410", "REQ", "Invalid CAP command: nothing requested")
+                    return
+                asked = params[1].split()
                 wanted = set(self.codec.caps)
                 for name in asked:
                     bare = name.removeprefix("-")
@@ -411,7 +417,7 @@ class IrcHandler:
             "ELIST=",
             f"KICKLEN={REASON_MAX}",
             f"LINELEN={min(512, limits.max_line)}",
-            "MODES=4",
+            f"MODES={MAX_MODE_CHANGES}",
             "NETWORK=chat",
             f"NICKLEN={NICK_MAX}",
             "PREFIX=(ov)@+",
@@ -565,7 +571,7 @@ class IrcHandler:
             return
         member = self.session.member
         assert member is not None
-        for name in params[0].split(","):
+        for name in filter(None, params[0].split(",")):
             if not name.startswith("#"):
                 self._numeric("403", name, "No such channel")
                 continue
@@ -577,7 +583,7 @@ class IrcHandler:
         if not self._need("PART", params, 1):
             return
         reason = sanitize_irc(params[1]) if len(params) > 1 else ""
-        for name in params[0].split(","):
+        for name in filter(None, params[0].split(",")):
             member = self.session.member
             assert member is not None
             if name.lower() not in member.rooms:
@@ -600,7 +606,7 @@ class IrcHandler:
         if not params or not params[0]:
             self._numeric("366", "*", "End of /NAMES list")
             return
-        for name in params[0].split(","):
+        for name in filter(None, params[0].split(",")):
             member = self.session.member
             assert member is not None
             if not self.hub.has_room(name):
@@ -748,11 +754,15 @@ class IrcHandler:
                 self._numeric("329", room.name, str(int(room.created)))
             return
         changes, args = params[1], list(params[2:])
+        budget = MAX_MODE_CHANGES
         sign = "+"
         for letter in changes:
             if letter in "+-":
                 sign = letter
                 continue
+            if not budget:
+                break  # MODES=4: the rest of the line is ignored
+            budget -= 1
             change = sign + letter
             if letter == "b" and not args:
                 await self._run(BansCommand(target), "MODE", target)
@@ -952,7 +962,8 @@ class IrcHandler:
                 )
             )
             return
-        limit = min(int(count), HISTORY_BATCH_MAX) if count.isdigit() else HISTORY_BATCH_MAX
+        asked = _number(count)
+        limit = HISTORY_BATCH_MAX if asked is None else min(asked, HISTORY_BATCH_MAX)
         lines = await self.hub.store.before(room.name, before, limit) if limit else []
         self._emit(*self.codec.history_batch(room.name, lines))
 
@@ -1017,7 +1028,7 @@ class IrcHandler:
         if not self._need("WHOWAS", params, 1):
             return
         nick = params[0]
-        count = int(params[1]) if len(params) > 1 and params[1].lstrip("-").isdigit() else 0
+        count = (_number(params[1]) or 0) if len(params) > 1 else 0
         found = [d for d in self.hub.departed if nick_key(d.nick) == nick_key(nick)]
         if count > 0:
             found = found[:count]
@@ -1107,7 +1118,16 @@ def _chat_mask(mask: str) -> str:
     return mask
 
 
+def _number(text: str) -> int | None:
+    """A parameter's whole number (``-`` allowed), or None: only ASCII digits count."""
+    return int(text) if re.fullmatch(r"-?[0-9]{1,9}", text) else None
+
+
 def _client_tags(message: IrcMessage) -> str:
-    """A line's client-only tags (``+name=value``), as they are relayed: escaped again."""
-    found = [(k, v) for k, v in message.tags.items() if k.startswith("+")]
+    """A line's client-only tags (``+name=value``), as they are relayed: escaped again.
+    A key must be a valid tag name and a value hold no NUL, or neither would reach anyone
+    as it was sent (a CR in a key would end the line at some clients)."""
+    found = [
+        (k, v) for k, v in message.tags.items() if _CLIENT_TAG_RE.fullmatch(k) and "\0" not in v
+    ]
     return ";".join(k if not v else f"{k}={escape_tag(v)}" for k, v in found)

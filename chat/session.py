@@ -553,11 +553,10 @@ class Session:
             )
         return False
 
-    async def receive(self, raw: bytes) -> None:
-        """One line (a WebSocket text frame) from outside the line framer: charged to the
-        flood budget, then handled."""
-        if not self._ending and self._admit():
-            await self.handle_line(raw)
+    def charge(self) -> bool:
+        """One line (a WebSocket frame) from outside the line framer, charged to the flood
+        budget: whether it may be handled."""
+        return not self._ending and self._admit()
 
     async def handle_line(self, raw: bytes) -> None:
         """Decode one line and carry it out: the chat's commands in the hub, the

@@ -103,6 +103,7 @@ class WebHandler:
         self.open = False  # the WebSocket is up
         self._answered = False
         self._method = b""
+        self._fragments: list[bytes | bytearray | memoryview] = []  # a text message so far
 
     def _send(self) -> None:
         data = b"".join(self.protocol.data_to_send())
@@ -117,11 +118,10 @@ class WebHandler:
         for event in self.protocol.events_received():
             if isinstance(event, Request):
                 self._answer(event)
-            elif isinstance(event, Frame):
-                if event.opcode is Opcode.TEXT:
-                    await self.session.receive(bytes(event.data))
-                elif event.opcode is Opcode.BINARY:
-                    self.protocol.fail(CloseCode.UNSUPPORTED_DATA, "text frames only")
+                if not self.open:
+                    return False  # answered: whatever followed the request is not read
+            elif isinstance(event, Frame) and self.open:
+                await self._frame(event)
         if self.protocol.handshake_exc is not None and not self._answered:
             # Not a request the library reads (a POST, a malformed line): say so, as HTTP.
             allowed = self._method == b"GET"
@@ -135,6 +135,23 @@ class WebHandler:
         if self.protocol.close_expected() or self.protocol.state is State.CLOSED:
             return False
         return self.protocol.parser_exc is None
+
+    async def _frame(self, frame: Frame) -> None:
+        """A text message is one line, however many frames carry it; every frame, control
+        frames included, is charged to the flood budget."""
+        if not self.session.charge():
+            return
+        match frame.opcode:
+            case Opcode.TEXT | Opcode.CONT if not frame.fin:
+                self._fragments.append(frame.data)
+            case Opcode.TEXT:
+                await self.session.handle_line(bytes(frame.data))
+            case Opcode.CONT:
+                self._fragments.append(frame.data)
+                line, self._fragments = b"".join(self._fragments), []
+                await self.session.handle_line(line)
+            case Opcode.BINARY:
+                self.protocol.fail(CloseCode.UNSUPPORTED_DATA, "text frames only")
 
     def _answer(self, request: Request) -> None:
         path = urlsplit(request.path).path
@@ -163,7 +180,9 @@ class WebHandler:
                 *SECURITY_HEADERS,
             ]
         )
-        self.protocol.send_response(Response(status, reason, headers, body))
+        # Written as it is, not through the protocol, which may have ended its side already
+        # (bytes after the request): the answer must go out whatever followed it.
+        self.session.push(Response(status, reason, headers, body).serialize())
         self._answered = True
         log.info("http conn=%d %d", self.session.id, status)
 

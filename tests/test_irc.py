@@ -1608,3 +1608,43 @@ async def test_irc_over_tls_on_the_same_port(
         first = await reader.readline()
     assert b" 001 secure " in first  # IRC from the first byte, over TLS too
     writer.close()
+
+
+async def test_odd_parameters_get_answers_never_a_dropped_connection(port: int) -> None:
+    """Found by review: each of these once ended the session with an internal error."""
+    irc = await irc_user(port, "ivy", rooms=["#h"])
+    await irc.send("CAP REQ")
+    assert (await irc.get("410")).params[1] == "REQ"
+    for line in ("WHOWAS bob \u00b2", "WHOWAS bob --5", "CHATHISTORY LATEST #h * \u00b3"):
+        await irc.send(line)
+    assert (await irc.get("369")).params[1] == "bob"
+    await irc.send("PING :still here")
+    assert (await irc.get("PONG")).params[-1] == "still here"
+
+
+async def test_a_client_tag_key_cannot_smuggle_a_line(port: int) -> None:
+    tagged = await irc_user(port, "ivy", caps=["message-tags"], rooms=["#h"])
+    sender = await irc_user(port, "amy", caps=["message-tags"], rooms=["#h"])
+    await sender.send("@+x\r@account=root;+ok=1 PRIVMSG #h :hi")
+    got = await tagged.get("PRIVMSG", "#h")
+    assert got.tags.get("+ok") == "1"
+    assert not any("\r" in key or key == "account" for key in got.tags), got.raw
+
+
+async def test_one_mode_line_makes_at_most_four_changes(port: int) -> None:
+    op = await irc_user(port, "ivy", rooms=["#h"])
+    await op.send("MODE #h " + "+i-i" * 30)
+    changes = [m for m in await op.sync() if m.command == "MODE"]
+    assert [m.params[1] for m in changes] == ["+i", "-i", "+i", "-i"]
+
+
+async def test_history_in_a_labeled_join_is_in_one_batch_each(port: int) -> None:
+    said = await irc_user(port, "amy", rooms=["#h"])
+    await said.send("PRIVMSG #h :old line")
+    await said.sync()
+    irc = await irc_user(port, "ivy", caps=["batch", "labeled-response", "server-time"])
+    await irc.send("@label=L1 JOIN #h")
+    history = await irc.get("PRIVMSG", "#h")
+    assert history.params[-1] == "old line"
+    tags = history.raw.partition(" ")[0].lstrip("@").split(";")
+    assert [t for t in tags if t.startswith("batch=")] == ["batch=h1"], history.raw

@@ -206,3 +206,22 @@ async def test_metrics_on_their_own_port(start_server: StartServer) -> None:
     assert status == 404
     await browser.close()
     await text.close()
+
+
+async def test_bytes_after_a_request_are_never_read_as_frames(server: ChatServer) -> None:
+    """Found by review: a trailing CRLF once cost the answer, and frames sent right after a
+    refused upgrade were carried out."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\r\nGET /health HTTP/1.1\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        answer = await reader.read(-1)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.count(b"HTTP/1.1") == 1  # one request, one answer, then closed
+    writer.close()
+
+
+async def test_a_fragmented_message_is_one_line(server: ChatServer) -> None:
+    browser = await ws(server.port)
+    await browser.send(iter(['{"type":"hello",', '"nick":"frag"}']))  # two frames
+    await until(browser, "welcome", nick="frag")
+    await browser.close()

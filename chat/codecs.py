@@ -5,11 +5,13 @@ A connection starts with :data:`TEXT` and keeps the codec it chooses on its firs
 The session never looks inside a line; the hub renders each event once per
 :attr:`Codec.key` and pushes the same bytes to every member that shares it.
 
-The interface is what the later dialects need too: IRC has its own registration (``CAP``,
-``NICK``, ``USER``) and numeric replies, so :meth:`Codec.decode` is told whether the
-connection is registered and a codec may keep per-connection state (then it is created per
-connection and its ``key`` says which connections may share rendered bytes); WebSocket
-carries the JSON codec in frames after an HTTP upgrade, so framing stays outside the codec.
+:class:`Codec` is what the hub needs to render: the text and JSON codecs also decode lines
+into the command table's requests (``decode``, told whether the connection is registered).
+IRC (:mod:`chat.irc`) reads its own lines, whose verbs :mod:`chat.ircd` maps onto the table,
+and keeps per-connection state, so its codec is made per connection: ``encode`` is shared by
+every connection with its ``key`` and must not show that state, ``encode_one`` renders what
+goes to one connection alone. WebSocket (:mod:`chat.web`) is the JSON codec's objects in
+frames; the websockets library parses and frames, the codec only renders.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from chat.protocol import (
 
 __all__ = [
     "COMMANDS",
+    "CONNECTION_COMMANDS",
     "HISTORY_MAX",
     "HISTORY_PAGE",
     "REQUEST_ID_MAX",
@@ -789,6 +790,13 @@ def carries_secret(line: str) -> bool:
         line[1:].split(" ", 1)[0].lower()
     )
     return spec is not None and any(p.kind is Kind.SECRET for p in spec.params)
+
+
+# Commands about the connection itself, which a session answers (chat.session); every
+# other is the hub's. IRC's fallback to the table (chat.ircd) does not reach them.
+CONNECTION_COMMANDS: Final = frozenset(
+    {PongCommand, QuitCommand, HelpCommand, PingCommand, WidthCommand, HelloCommand}
+)
 
 
 def table() -> list[dict[str, Any]]:

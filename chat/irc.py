@@ -55,7 +55,10 @@ from chat.protocol import (
 
 __all__ = [
     "CAPABILITIES",
+    "ERROR_NUMERICS",
     "IRC_LINE_MAX",
+    "USER_HOST",
+    "USER_MAX",
     "IrcCodec",
     "IrcMessage",
     "escape_tag",
@@ -159,16 +162,10 @@ def parse_message(line: str) -> IrcMessage | None:
     return IrcMessage(words[0].upper(), tuple(params), tags, source)
 
 
-def format_message(
-    source: str | None, command: str, *params: str, tags: Mapping[str, str] | None = None
-) -> str:
-    """One IRC line without its line ending; the last parameter is made trailing if it
-    has to be (empty, a space, or a leading colon) or is free text (see :func:`_line`)."""
+def format_message(source: str | None, command: str, *params: str) -> str:
+    """One IRC line without its line ending (tags are added by :func:`_tagged`); the last
+    parameter is made trailing only if it has to be (empty, a space, a leading colon)."""
     parts: list[str] = []
-    if tags:
-        parts.append(
-            "@" + ";".join(k if not v else f"{k}={escape_tag(v)}" for k, v in tags.items())
-        )
     if source:
         parts.append(":" + source)
     parts.append(command)
@@ -179,14 +176,11 @@ def format_message(
     return " ".join(parts)
 
 
-def _line(
-    source: str | None, command: str, *params: str, tags: Mapping[str, str] | None = None
-) -> str:
+def _line(source: str | None, command: str, *params: str) -> str:
     """As :func:`format_message`, with the last parameter always trailing (free text)."""
-    head = format_message(source, command, *params[:-1], tags=tags) if params else ""
     if not params:
-        return format_message(source, command, tags=tags)
-    return f"{head} :{params[-1]}"
+        return format_message(source, command)
+    return f"{format_message(source, command, *params[:-1])} :{params[-1]}"
 
 
 def server_time(ts: float) -> str:
@@ -195,10 +189,14 @@ def server_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
 
 
+USER_HOST: Final = "chat"  # every user's host: addresses are never shown
+USER_MAX: Final = 10  # characters of a user name, as RFC 2812 servers cut it
+
+
 def hostmask(nick: str) -> str:
-    """The ``nick!user@host`` every user is seen as: we never show addresses, so the user
-    is the nickname and the host is the dialect-neutral ``chat``."""
-    return f"{nick}!{nick[:10]}@chat"
+    """The ``nick!user@host`` every user is seen as in prefixes: we never show addresses,
+    so the user is the nickname and the host is the dialect-neutral ``chat``."""
+    return f"{nick}!{nick[:USER_MAX]}@{USER_HOST}"
 
 
 def split_text(text: str, room: int) -> list[str]:
@@ -219,8 +217,9 @@ def split_text(text: str, room: int) -> list[str]:
 
 # --- numerics and errors ------------------------------------------------------------------
 
-# Errors whose IRC numeric needs no argument beyond the text: sent with the command's name.
-_ERROR_NUMERICS: Final[dict[str, str]] = {
+# Refusals whose IRC numeric needs no channel or nickname (421 and 461 name the command);
+# chat.ircd maps the others, which concern a channel or a nickname.
+ERROR_NUMERICS: Final[dict[str, str]] = {
     ErrorCode.UNKNOWN_COMMAND: "421",
     ErrorCode.BAD_ARGUMENTS: "461",
     ErrorCode.NOT_REGISTERED: "451",
@@ -284,10 +283,8 @@ class IrcCodec:
             tags["time"] = server_time(event.ts)
         if "message-tags" in self.caps and isinstance(event, Message | Action | Private):
             tags["msgid"] = event.id
-            if not isinstance(event, Action) and event.tags:
-                for item in event.tags.split(";"):
-                    key, _, value = item.partition("=")
-                    tags[key] = _unescape(value)
+            if not isinstance(event, Action):
+                tags.update(_client_tags(event.tags))
         return tags
 
     def _render(self, event: Event, *, shared: bool) -> list[str]:
@@ -361,8 +358,8 @@ class IrcCodec:
         tags = {"msgid": msgid}
         if "server-time" in self.caps:
             tags["time"] = server_time(ts)
-        line = _tagged(format_message(hostmask(nick), "TAGMSG", target), tags)
-        return line.replace(" ", f";{client_tags} ", 1) if client_tags else line
+        tags.update(_client_tags(client_tags))
+        return _tagged(format_message(hostmask(nick), "TAGMSG", target), tags)
 
     def _server_notice(self, target: str, text: str) -> str:
         return _line(self.server, "NOTICE", target, text or " ")
@@ -403,10 +400,14 @@ class IrcCodec:
         lines = [line for event in events for line in self._render(event, shared=False)]
         if "batch" not in self.caps:
             return lines
-        ident = f"h{next(self._batches)}"
+        return self._batch(f"h{next(self._batches)}", ("chathistory", room), lines)
+
+    def _batch(self, ident: str, kind: tuple[str, ...], lines: list[str]) -> list[str]:
+        """``lines`` in the batch ``ident`` of ``kind``, from its opening line to its end;
+        a line already in a batch of its own (history in a labeled answer) stays there."""
         return [
-            format_message(self.server, "BATCH", f"+{ident}", "chathistory", room),
-            *(_add_tag(line, "batch", ident) for line in lines),
+            format_message(self.server, "BATCH", f"+{ident}", *kind),
+            *(_in_batch(line, ident) for line in lines),
             format_message(self.server, "BATCH", f"-{ident}"),
         ]
 
@@ -435,18 +436,25 @@ class IrcCodec:
             elif len(lines) == 1:
                 lines = [_add_tag(lines[0], "label", label)]
             else:
-                ident = f"l{next(self._batches)}"
-                opening = format_message(self.server, "BATCH", f"+{ident}", "labeled-response")
-                lines = [
-                    _add_tag(opening, "label", label),
-                    *(_in_batch(line, ident) for line in lines),
-                    format_message(self.server, "BATCH", f"-{ident}"),
-                ]
+                opening, *rest = self._batch(
+                    f"l{next(self._batches)}", ("labeled-response",), lines
+                )
+                lines = [_add_tag(opening, "label", label), *rest]
         return "".join(f"{line}\r\n" for line in lines).encode()
 
     def numeric(self, code: str, *params: str) -> str:
         """A numeric reply to this connection; the last parameter is free text."""
         return _line(self.server, code, self.nick, *params)
+
+    def refusal(self, code: str, command: str | None, text: str) -> str:
+        """A refusal that concerns no channel or nickname: its numeric (421 and 461 name
+        the command), else a NOTICE with the chat's sentence."""
+        numeric = ERROR_NUMERICS.get(code)
+        if numeric is None:
+            return _line(self.server, "NOTICE", self.nick, text)
+        if numeric in ("421", "461"):
+            return self.numeric(numeric, (command or "*").upper(), text)
+        return self.numeric(numeric, text)
 
     def _answer(self, event: Event, tags: dict[str, str]) -> list[str]:
         nick = event.nick or ""
@@ -475,8 +483,6 @@ class IrcCodec:
                     return [num("332", room, text)]
                 topic_time = format_message(self.server, "333", self.nick, room, by, str(int(at)))
                 return [num("332", room, text), topic_time]
-            case Who(room=str(room)) if event.re is not None and event.re.startswith("WHO:"):
-                return self._who_lines(event, room)
             case Who(room=str(room)):
                 return self._names(event, room)
             case Whois():
@@ -520,12 +526,7 @@ class IrcCodec:
                     num("900", hostmask(self.nick), account, f"You are now logged in as {account}")
                 ]
             case Error(code=code, command=command, text=text):
-                numeric = _ERROR_NUMERICS.get(code)
-                if numeric is None:
-                    return [_line(self.server, "NOTICE", self.nick, text)]
-                if numeric in ("421", "461"):
-                    return [num(numeric, (command or "*").upper(), text)]
-                return [num(numeric, text)]
+                return [self.refusal(code, command, text)]
             case Ping(text=text):
                 return [_line(None, "PING", text or self.server)]
             case Pong(text=text):
@@ -567,36 +568,11 @@ class IrcCodec:
             lines.append(self.numeric("353", "=", room, " ".join(batch)))
         return [*lines, self.numeric("366", room, "End of /NAMES list")]
 
-    def _who_lines(self, event: Who, room: str) -> list[str]:
-        ops = {n.lower() for n in event.operators}
-        voiced = {n.lower() for n in event.voiced}
-        lines = []
-        for nick in event.members:
-            key = nick.lower()
-            prefix = ("@" if key in ops else "") + ("+" if key in voiced else "")
-            flags = "H" + (prefix if "multi-prefix" in self.caps else prefix[:1])
-            lines.append(
-                _line(
-                    self.server,
-                    "352",
-                    self.nick,
-                    room,
-                    nick[:10],
-                    "chat",
-                    self.server,
-                    nick,
-                    flags,
-                    f"0 {nick}",
-                )
-            )
-        mask = event.re.split(":", 2)[2] if event.re and event.re.count(":") >= 2 else room
-        return [*lines, self.numeric("315", mask, "End of /WHO list")]
-
     def _whois(self, event: Whois) -> list[str]:
         nick = event.nick or ""
         num = self.numeric
-        user, realname = event.user or nick[:10], event.realname or nick
-        lines = [_line(self.server, "311", self.nick, nick, user, "chat", "*", realname)]
+        user, realname = event.user or nick[:USER_MAX], event.realname or nick
+        lines = [_line(self.server, "311", self.nick, nick, user, USER_HOST, "*", realname)]
         if event.rooms:
             ops = set(event.operator_in)
             shown = (("@" if room in ops else "") + room for room in event.rooms)
@@ -630,6 +606,15 @@ def irc_mask(mask: str) -> str:
     if kind == "account":
         return f"$a:{value}"
     return mask
+
+
+def _client_tags(raw: str) -> dict[str, str]:
+    """Client-only tags as kept on an event (escaped, as on the wire), unescaped."""
+    found: dict[str, str] = {}
+    for item in filter(None, raw.split(";")):
+        key, _, value = item.partition("=")
+        found[key] = _unescape(value)
+    return found
 
 
 def _tagged(line: str, tags: Mapping[str, str]) -> str:

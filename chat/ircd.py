@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import fnmatch
 import itertools
 import logging
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from chat import __version__
 from chat.commands import (
+    CONNECTION_COMMANDS,
     AwayCommand,
     BanCommand,
     BansCommand,
@@ -50,6 +52,8 @@ from chat.commands import (
 from chat.errors import ErrorCode, ProtocolError
 from chat.irc import (
     CAPABILITIES,
+    USER_HOST,
+    USER_MAX,
     IrcCodec,
     IrcMessage,
     escape_tag,
@@ -73,16 +77,12 @@ from chat.rooms import Member, Room
 if TYPE_CHECKING:
     from chat.session import Session
 
-# The commands a session answers itself: not reachable through IRC's fallback to the table.
-CONNECTION_COMMANDS: Final = frozenset(
-    {"QuitCommand", "PingCommand", "PongCommand", "WidthCommand", "HelloCommand"}
-)
-
 __all__ = ["DEFAULT_SERVER_NAME", "IrcHandler"]
 
 log = logging.getLogger("chat.irc")
 
 DEFAULT_SERVER_NAME: Final = "chat.server"  # chat-server --server-name
+AWAY_MAX: Final = REASON_MAX  # characters of an away message (AWAYLEN)
 MAX_TARGETS: Final = 4  # PRIVMSG / NOTICE targets in one line (TARGMAX)
 MAX_MODE_CHANGES: Final = 4  # mode letters carried out from one MODE line (MODES)
 _CLIENT_TAG_RE: Final = re.compile(r"\+(?:[A-Za-z0-9.-]+/)?[A-Za-z0-9-]+")
@@ -112,12 +112,6 @@ _TARGET_NUMERICS: Final[dict[str, str]] = {
     ErrorCode.NICK_TAKEN: "433",
     ErrorCode.NICK_CONFUSABLE: "433",
     ErrorCode.NICK_REGISTERED: "433",
-}
-_PLAIN_NUMERICS: Final[dict[str, str]] = {
-    ErrorCode.NOT_REGISTERED: "451",
-    ErrorCode.ALREADY_REGISTERED: "462",
-    ErrorCode.WRONG_PASSWORD: "464",
-    ErrorCode.LINE_TOO_LONG: "417",
 }
 # HELP for the IRC commands (the chat's own commands have the table's help).
 _IRC_HELP: Final = {
@@ -174,16 +168,16 @@ class IrcHandler:
     def _numeric(self, code: str, *params: str) -> None:
         self._emit(self.codec.numeric(code, *params))
 
-    def _id(self, verb: str, extra: str = "") -> str:
-        return f"{verb}:{next(self._ids)}" + (f":{extra}" if extra else "")
+    def _id(self, verb: str) -> str:
+        return f"{verb}:{next(self._ids)}"
 
-    async def _run(self, command: Command, verb: str, target: str = "", extra: str = "") -> bool:
+    async def _run(self, command: Command, verb: str, target: str = "") -> bool:
         """Carry out one of the chat's commands; a refusal becomes a numeric about
         ``target``. True if it was done."""
         member = self.session.member
         assert member is not None
         try:
-            pending = self.hub.dispatch(member, Request(command, self._id(verb, extra)))
+            pending = self.hub.dispatch(member, Request(command, self._id(verb)))
             if pending is not None:
                 await pending
         except ProtocolError as exc:
@@ -203,12 +197,8 @@ class IrcHandler:
             numeric = "404"
         if numeric is not None:
             self._numeric(numeric, target or "*", exc.message)
-        elif code in (ErrorCode.BAD_ARGUMENTS, ErrorCode.UNKNOWN_COMMAND):
-            self._numeric("461" if code is ErrorCode.BAD_ARGUMENTS else "421", verb, exc.message)
-        elif code in _PLAIN_NUMERICS:
-            self._numeric(_PLAIN_NUMERICS[code], exc.message)
         else:
-            self._emit(format_message(self.server, "NOTICE", self.codec.nick, exc.message))
+            self._emit(self.codec.refusal(code, verb, exc.message))
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -355,8 +345,7 @@ class IrcHandler:
             self._numeric("904", f"SASL authentication failed: {exc.message}")
             return
         self._sasl = (name, password)
-        mask = f"{self._nick or name}!{name}@chat"
-        self._numeric("900", mask, name, f"You are now logged in as {name}")
+        self._numeric("900", hostmask(self._nick or name), name, f"You are now logged in as {name}")
         self._numeric("903", "SASL authentication successful")
 
     async def _complete(self) -> None:
@@ -390,7 +379,7 @@ class IrcHandler:
                     f"{MAX_REGISTRATION_ATTEMPTS} nicknames refused; try again later.",
                 )
             return
-        member.user = sanitize_irc(self._user or nick).replace(" ", "")[:10] or nick
+        member.user = sanitize_irc(self._user or nick).replace(" ", "")[:USER_MAX] or nick
         member.realname = self._realname or nick
         session.registered(member)
         self._password = None
@@ -398,16 +387,20 @@ class IrcHandler:
 
     def _burst(self) -> None:
         """What follows 001-004: ISUPPORT, LUSERS, MOTD."""
+        self._send_isupport()
+        self._lusers()
+        self._motd()
+
+    def _send_isupport(self) -> None:
+        """005 lines, 12 tokens each (a line may carry 13 parameters after the nick)."""
         tokens = self._isupport()
         for start in range(0, len(tokens), 12):
             self._numeric("005", *tokens[start : start + 12], "are supported by this server")
-        self._lusers()
-        self._motd()
 
     def _isupport(self) -> list[str]:
         limits = self.session.limits
         return [
-            "AWAYLEN=200",
+            f"AWAYLEN={AWAY_MAX}",
             "CASEMAPPING=ascii",
             f"CHANLIMIT=#:{self.hub.max_rooms}",
             "CHANMODES=b,,,imnt",
@@ -583,9 +576,9 @@ class IrcHandler:
         if not self._need("PART", params, 1):
             return
         reason = sanitize_irc(params[1]) if len(params) > 1 else ""
+        member = self.session.member
+        assert member is not None
         for name in filter(None, params[0].split(",")):
-            member = self.session.member
-            assert member is not None
             if name.lower() not in member.rooms:
                 known = self.hub.has_room(name)
                 self._numeric(
@@ -607,8 +600,6 @@ class IrcHandler:
             self._numeric("366", "*", "End of /NAMES list")
             return
         for name in filter(None, params[0].split(",")):
-            member = self.session.member
-            assert member is not None
             if not self.hub.has_room(name):
                 self._numeric("366", name, "End of /NAMES list")
                 continue
@@ -663,8 +654,8 @@ class IrcHandler:
                     self.codec.numeric(
                         "352",
                         channel,
-                        (who.user or who.nick)[:10],
-                        "chat",
+                        (who.user or who.nick)[:USER_MAX],
+                        USER_HOST,
                         self.server,
                         who.nick,
                         self._flags(who, room),
@@ -688,9 +679,9 @@ class IrcHandler:
         values = {
             "t": token or "0",
             "c": channel,
-            "u": (who.user or who.nick)[:10],
+            "u": (who.user or who.nick)[:USER_MAX],
             "i": "255.255.255.255",
-            "h": "chat",
+            "h": USER_HOST,
             "s": self.server,
             "n": who.nick,
             "f": self._flags(who, room),
@@ -821,10 +812,10 @@ class IrcHandler:
             else:
                 self._numeric("501", "Unknown MODE flag")
         if applied:
-            self._emit(format_message(f"{me}!{me}@chat", "MODE", me, applied))
+            self._emit(format_message(hostmask(me), "MODE", me, applied))
 
     async def _away(self, params: tuple[str, ...]) -> None:
-        text = sanitize_irc(params[0])[:200] if params and params[0] else None
+        text = sanitize_irc(params[0])[:AWAY_MAX] if params and params[0] else None
         await self._run(AwayCommand(text), "AWAY")
 
     async def _ison(self, params: tuple[str, ...]) -> None:
@@ -850,7 +841,8 @@ class IrcHandler:
             found = self.hub.find(nick)
             if found is not None:
                 away = "-" if found.away else "+"
-                replies.append(f"{found.nick}={away}{found.nick[:10]}@chat")
+                user = hostmask(found.nick).partition("!")[2]
+                replies.append(f"{found.nick}={away}{user}")
         self._numeric("302", " ".join(replies))
 
     async def _motd_command(self, params: tuple[str, ...]) -> None:
@@ -870,9 +862,7 @@ class IrcHandler:
                 "IRC, JSON Lines and text on one port",
             )
         )
-        tokens = self._isupport()
-        for start in range(0, len(tokens), 12):
-            self._numeric("005", *tokens[start : start + 12], "are supported by this server")
+        self._send_isupport()
 
     async def _time(self, params: tuple[str, ...]) -> None:
         now = time.strftime("%A %B %d %Y -- %H:%M:%S +00:00", time.gmtime())
@@ -889,14 +879,8 @@ class IrcHandler:
         member = self.session.member
         assert member is not None
         joined = member.rooms.get(room.lower())
-        for nick in params[1].split(","):
-            key = nick_key(nick)
-            if (
-                joined is not None
-                and joined.operates(member)
-                and key not in joined.remote
-                and all(nick_key(m.nick) != key for m in joined.members)
-            ):
+        for nick in filter(None, params[1].split(",")):
+            if joined is not None and joined.operates(member) and not self._present(joined, nick):
                 self._numeric("441", nick, room, "They aren't on that channel")
                 continue
             await self._run(KickCommand(nick, room, reason), "KICK", room)
@@ -982,7 +966,7 @@ class IrcHandler:
         if type(parsed) is HelpCommand:
             self._help(parsed.command)
             return
-        if parsed is None or type(parsed).__name__ in CONNECTION_COMMANDS:
+        if parsed is None or type(parsed) in CONNECTION_COMMANDS:
             self._numeric("421", verb, "Unknown command")
             return
         await self._run(parsed, verb)
@@ -1039,8 +1023,8 @@ class IrcHandler:
                 self.codec.numeric(
                     "314",
                     departed.nick,
-                    departed.user[:10],
-                    "chat",
+                    departed.user[:USER_MAX],
+                    USER_HOST,
                     "*",
                     departed.realname or departed.nick,
                 )
@@ -1095,11 +1079,7 @@ def _parse_time(text: str) -> float | None:
     """An IRCv3 timestamp (``2026-12-05T06:40:00.000Z``) as Unix time."""
     try:
         base, _, millis = text.rstrip("Z").partition(".")
-        return (
-            time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-            - time.timezone
-            + int(millis or 0) / 1000
-        )
+        return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + int(millis or 0) / 1000
     except ValueError:
         return None
 

@@ -438,6 +438,15 @@ def _fields_of(cls: type[Event]) -> tuple[str, ...]:
     return names
 
 
+def _without_unset(data: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``data`` without the fields among ``names`` left at their empty default, so that
+    JSON clients see them only where they mean something."""
+    for name in names:
+        if not data[name]:
+            del data[name]
+    return data
+
+
 def _where(room: str | None) -> str:
     return f"[{room}] " if room else ""
 
@@ -486,12 +495,7 @@ class Message(Event):
         return f"{_where(self.room)}{when}<{self.nick}> {self.text}"
 
     def as_dict(self) -> dict[str, Any]:
-        data = Event.as_dict(self)
-        if not self.notice:
-            del data["notice"]  # only notices say so
-        if not self.tags:
-            del data["tags"]
-        return data
+        return _without_unset(Event.as_dict(self), "notice", "tags")  # only notices say so
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -523,12 +527,7 @@ class Private(Event):
         return f"[private] {who} {self.text}"
 
     def as_dict(self) -> dict[str, Any]:
-        data = Event.as_dict(self)
-        if not self.notice:
-            del data["notice"]
-        if not self.tags:
-            del data["tags"]
-        return data
+        return _without_unset(Event.as_dict(self), "notice", "tags")  # only notices say so
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

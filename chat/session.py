@@ -30,6 +30,7 @@ from typing import Final, cast
 
 from chat.codecs import JSON, TEXT, Codec, JsonCodec, TextCodec, decoder_for
 from chat.commands import (
+    CONNECTION_COMMANDS,
     HelloCommand,
     HelpCommand,
     LoginCommand,
@@ -72,10 +73,6 @@ MAX_REGISTRATION_ATTEMPTS: Final = 10
 SERVER_NAME: Final = "chat"
 NICK_PROMPT: Final = "Choose a nickname (letters, digits, _ or -, starting with a letter):"
 _session_ids = itertools.count(1)
-# Commands about the connection itself, answered here; every other is the hub's.
-CONNECTION_COMMANDS: Final = frozenset(
-    {PongCommand, QuitCommand, HelpCommand, PingCommand, WidthCommand, HelloCommand}
-)
 TELNET_WILL_NAWS: Final = b"\xff\xfb\x1f"
 TELNET_DO_NAWS: Final = b"\xff\xfd\x1f"
 # While a password is typed the server says it will echo, so telnet stops echoing locally
@@ -419,7 +416,7 @@ class Session:
 
     def _send_greeting(self) -> None:
         """People's greeting: sent once it is clear the peer is not an IRC client, which
-        speaks first (see protocol.md, "One port, three dialects")."""
+        speaks first (see protocol.md, "Connections and lines")."""
         if self._greeted or self.irc is not None or self.web is not None:
             return
         self._greeted = True
@@ -637,14 +634,13 @@ class Session:
                     )
                 if not isinstance(self.codec, JsonCodec):
                     self.codec = JSON
-                if self.member is None:
-                    self.send(
-                        Hello(
-                            server=SERVER_NAME,
-                            text="JSON Lines dialect; register with a nick.",
-                            re=re,
-                        )
+                self.send(
+                    Hello(
+                        server=SERVER_NAME,
+                        text="JSON Lines dialect; register with a nick.",
+                        re=re,
                     )
+                )
                 if nick is not None:
                     await self._register(nick, request, password)
                 elif password is not None:

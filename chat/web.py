@@ -46,12 +46,21 @@ __all__ = ["STATIC", "WebHandler", "WebSocketCodec"]
 log = logging.getLogger("chat.web")
 
 WS_PATH: Final = "/ws"
-# The browser client: path -> (file in chat/webui, content type).
+
+
+def _page_file(name: str) -> bytes:
+    return resources.files("chat.webui").joinpath(name).read_bytes()
+
+
+# The browser client: path -> (body, content type), read once at import, never on the loop.
 STATIC: Final = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/style.css": ("style.css", "text/css; charset=utf-8"),
+    path: (_page_file(name), kind)
+    for path, name, kind in (
+        ("/", "index.html", "text/html; charset=utf-8"),
+        ("/index.html", "index.html", "text/html; charset=utf-8"),
+        ("/app.js", "app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "style.css", "text/css; charset=utf-8"),
+    )
 }
 # Peer text is inserted as text by the page; this keeps anything else from running even if
 # a bug slipped one through: only the page's own script and style, and its own WebSocket.
@@ -124,12 +133,10 @@ class WebHandler:
                 await self._frame(event)
         if self.protocol.handshake_exc is not None and not self._answered:
             # Not a request the library reads (a POST, a malformed line): say so, as HTTP.
-            allowed = self._method == b"GET"
-            status = b"400 Bad Request" if allowed else b"405 Method Not Allowed\r\nAllow: GET"
-            self.session.push(
-                b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            self._answered = True
+            if self._method == b"GET":
+                self._respond(400, "Bad Request", b"", "text/plain")
+            else:
+                self._respond(405, "Method Not Allowed", b"", "text/plain", ("Allow", "GET"))
             return False
         self._send()
         if self.protocol.close_expected() or self.protocol.state is State.CLOSED:
@@ -159,9 +166,7 @@ class WebHandler:
             self._upgrade(request)
             return
         if path in STATIC:
-            name, kind = STATIC[path]
-            body = resources.files("chat.webui").joinpath(name).read_bytes()
-            self._respond(200, "OK", body, kind)
+            self._respond(200, "OK", *STATIC[path])
         elif path == "/commands.json":  # the command table the page parses lines with
             self._respond(200, "OK", COMMAND_TABLE, "application/json")
         elif path == "/health":
@@ -171,12 +176,15 @@ class WebHandler:
         else:
             self._respond(404, "Not Found", b"Not found: this is a chat server.\n", "text/plain")
 
-    def _respond(self, status: int, reason: str, body: bytes, kind: str) -> None:
+    def _respond(
+        self, status: int, reason: str, body: bytes, kind: str, *extra: tuple[str, str]
+    ) -> None:
         headers = Headers(
             [
                 ("Content-Type", kind),
                 ("Content-Length", str(len(body))),
                 ("Connection", "close"),
+                *extra,
                 *SECURITY_HEADERS,
             ]
         )

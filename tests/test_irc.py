@@ -18,6 +18,7 @@ import base64
 import itertools
 import re
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1648,3 +1649,21 @@ async def test_history_in_a_labeled_join_is_in_one_batch_each(port: int) -> None
     assert history.params[-1] == "old line"
     tags = history.raw.partition(" ")[0].lstrip("@").split(";")
     assert [t for t in tags if t.startswith("batch=")] == ["batch=h1"], history.raw
+
+
+async def test_chathistory_before_a_timestamp(port: int) -> None:
+    said = await irc_user(port, "amy", rooms=["#h"])
+    for n in range(3):
+        await said.send(f"PRIVMSG #h :line {n}")
+    await said.sync()
+    irc = await irc_user(port, "ivy", caps=["batch"], rooms=["#h"])
+    await irc.sync()  # past the history replayed on join
+
+    def stamp(offset: float) -> str:  # an IRCv3 timestamp, in UTC, ``offset`` s from now
+        return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + offset))
+
+    await irc.send(f"CHATHISTORY BEFORE #h timestamp={stamp(3600)} 10")
+    lines = [m.params[-1] for m in await irc.sync() if m.command == "PRIVMSG"]
+    assert lines == ["line 0", "line 1", "line 2"]
+    await irc.send(f"CHATHISTORY BEFORE #h timestamp={stamp(-3600)} 10")
+    assert "PRIVMSG" not in [m.command for m in await irc.sync()]  # all said since

@@ -102,7 +102,14 @@ async def test_health_and_404(server: ChatServer) -> None:
     writer.write(b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     async with asyncio.timeout(WAIT):
         answer = await reader.read(-1)
-    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"\r\nAllow: GET\r\n" in answer
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\nnot a header\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        answer = await reader.read(-1)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     writer.close()
     await alice.close()
 
@@ -225,3 +232,13 @@ async def test_a_fragmented_message_is_one_line(server: ChatServer) -> None:
     await browser.send(iter(['{"type":"hello",', '"nick":"frag"}']))  # two frames
     await until(browser, "welcome", nick="frag")
     await browser.close()
+
+
+async def test_pings_cost_flood_tokens_like_lines(start_server: StartServer) -> None:
+    """Control frames are charged too: a ping flood is a flood."""
+    server = await start_server(rate=1.0, burst=4)
+    browser = await ws(server.port, "pinger")
+    for _ in range(12):  # the client library sends them; the server answers each with a pong
+        await browser.ping()
+    bye = await until(browser, "bye")
+    assert bye["code"] == "flooding"

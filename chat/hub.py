@@ -193,21 +193,33 @@ class Outbox:
     event-loop iteration.
 
     Nothing is delivered before the store has made durable what was written before it: when
-    the store is dirty, what is pending waits for its commit (one at a time, in a task of the
-    outbox's own), so an acknowledged message survives a crash. A room whose membership
+    the store is dirty, what is pending waits for its commit (one at a time, started and
+    reported by plain calls, :meth:`Store.commit_then`), so an acknowledged message survives
+    a crash. A room whose membership
     changes meanwhile has its pending events pinned to its members as they were
     (:meth:`settle`), so nobody gets what was said before they came, or misses what was said
     before they left.
     """
 
-    __slots__ = ("_committing", "_pending", "_posted", "_scheduled", "_store", "delivered")
+    __slots__ = (
+        "_committing",
+        "_covered",
+        "_draining",
+        "_pending",
+        "_posted",
+        "_scheduled",
+        "_store",
+        "delivered",
+    )
 
     def __init__(self, store: Store | None = None) -> None:
         self._pending: list[_Entry] = []
         self._posted: set[Room] = set()  # rooms with a post pending
         self._scheduled = False
         self._store: Store = store or MemoryStore()
-        self._committing: asyncio.Task[None] | None = None
+        self._committing = False  # a commit is under way; it covers _covered pending entries
+        self._covered = 0
+        self._draining: asyncio.Future[None] | None = None  # drain() waiting on a commit
         self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
     def send(self, peer: Peer, event: Event) -> None:
@@ -259,48 +271,46 @@ class Outbox:
 
     def _release(self) -> None:
         self._scheduled = False
-        if self._committing is not None:
-            return  # the commit under way releases what is pending when it is done
+        if self._committing:
+            return  # the commit under way releases what is pending when it is over
         if self._store.dirty:
-            self._committing = asyncio.get_running_loop().create_task(self._commit())
+            self._begin()
             return
         self.flush()
 
-    async def _commit(self) -> None:
-        """Deliver what is pending as the commits covering it complete, pipelined: the next
-        commit is handed to the store's thread before the entries the last one covered are
-        pushed, so that the thread writes while the loop delivers."""
-        try:
-            held = len(self._pending)  # entries the commit under way covers
-            commit: asyncio.Future[None] | None = self._begin()
-            while held:
-                if commit is not None:
-                    try:
-                        await commit
-                    except Exception:  # a full disk must not stop the chat
-                        log.exception("store commit failed; delivering anyway")
-                ahead = len(self._pending)  # entries the next commit must cover
-                commit = self._begin() if self._store.dirty else None
-                self.flush(held)
-                held = ahead - held
-            if commit is not None:  # writes with nothing pending after them: let it finish
-                commit.add_done_callback(_report_failure)
-        finally:
-            self._committing = None
-            if self._pending and not self._scheduled:  # added while the last were pushed
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._release)
+    def _begin(self) -> None:
+        """Start a commit covering everything pending (what follows a write the store has
+        not made durable yet)."""
+        self._committing = True
+        self._covered = len(self._pending)
+        self._store.commit_then(self._committed)
 
-    def _begin(self) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._store.commit())
+    def _committed(self, error: BaseException | None) -> None:
+        """Deliver what the commit covered, pipelined: the next commit goes to the store
+        before these entries are pushed, so that it writes while the loop delivers."""
+        if error is not None:  # a full disk must not stop the chat
+            log.error("store commit failed; delivering anyway", exc_info=error)
+        covered = self._covered
+        self._committing = False
+        if len(self._pending) > covered and self._store.dirty:
+            self._begin()
+            self._covered -= covered  # the entries it covers, once these are gone
+            self.flush(covered)
+        else:  # nothing after them, or nothing written since: it all goes
+            self.flush()
+        if self._draining is not None and not self._committing:
+            self._draining.set_result(None)
+            self._draining = None
 
     async def drain(self) -> None:
         """Return once everything pending has been delivered (shutdown)."""
-        while self._pending or self._committing is not None:
-            if self._committing is not None:
-                await asyncio.shield(self._committing)
-            else:
+        while self._pending or self._committing:
+            if not self._committing:
                 self._release()
+                continue
+            if self._draining is None:
+                self._draining = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._draining)
 
     def flush(self, count: int | None = None) -> None:
         """Push the first ``count`` entries pending (all of them by default), in order,
@@ -335,11 +345,6 @@ class Outbox:
 
 
 _Entry = tuple["Peer", bytes] | tuple[Room, Event] | tuple[list[Member], Event] | Callable[[], None]
-
-
-def _report_failure(commit: asyncio.Future[None]) -> None:
-    if not commit.cancelled() and commit.exception() is not None:
-        log.error("store commit failed", exc_info=commit.exception())
 
 
 def _fan_out(members: Iterable[Member], events: list[Event]) -> None:

@@ -30,15 +30,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self, TypeVar, cast
 
 from chat.protocol import Action, Message, nick_key, room_key
-from chat.storage import Account, Ban, Line, RoomState
+from chat.storage import Account, Ban, Committed, Line, RoomState
 
 __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteStore", "open_store"]
 
@@ -231,13 +231,16 @@ class SqliteStore:
         if self.dirty:
             await self._run(_nothing)
 
+    def commit_then(self, done: Committed) -> None:
+        self._hand_over(partial(self._job, _nothing), done)
+
     async def close(self) -> None:
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        last = self._submit(self._last_job)
+        last = asyncio.wrap_future(self._hand_over(self._last_job))
         self._executor.shutdown(wait=False)  # refuses new jobs; the queued ones still run
         await last
 
@@ -246,19 +249,35 @@ class SqliteStore:
     async def _run(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``read`` on the worker after the writes queued so far. Shielded: a cancelled
         caller must not cancel a job that carries writes."""
-        return await asyncio.shield(self._submit(partial(self._job, read)))
+        return await asyncio.shield(asyncio.wrap_future(self._hand_over(partial(self._job, read))))
 
-    def _submit(self, job: Callable[[list[Line | _Write]], T]) -> asyncio.Future[T]:
+    def _hand_over(
+        self, job: Callable[[list[Line | _Write]], T], done: Committed | None = None
+    ) -> Future[T]:
+        """Queue ``job`` on the worker with the writes queued so far. When it is over, the
+        worker itself schedules the loop's side (``done``, and the count behind ``dirty``):
+        one turn of the loop later, where a future awaited in a task would take two."""
+        loop = asyncio.get_running_loop()
         batch = self._pending
-        future = asyncio.get_running_loop().run_in_executor(self._executor, job, batch)
+        future = self._executor.submit(job, batch)
         self._pending = []  # only once the job is queued: if the executor refused, keep them
-        if batch:
+        carries = bool(batch)
+        if carries:
             self._committing += 1
-            future.add_done_callback(self._committed)
+        if carries or done is not None:
+
+            def finished(future: Future[T]) -> None:  # on the worker thread
+                with suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(self._finished, future, carries, done)
+
+            future.add_done_callback(finished)
         return future
 
-    def _committed(self, _: object) -> None:
-        self._committing -= 1
+    def _finished(self, future: Future[T], carried: bool, done: Committed | None) -> None:
+        if carried:
+            self._committing -= 1
+        if done is not None:
+            done(future.exception())
 
     # --- the worker thread ------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from chat.commands import (
     WhoCommand,
 )
 from chat.errors import ErrorCode, ProtocolError
-from chat.hub import Hub, LocalBackend, Member
+from chat.hub import Hub, LocalBackend, Member, Outbox
 from chat.protocol import (
     LOBBY,
     TOPIC_MAX,
@@ -51,6 +51,7 @@ from chat.protocol import (
     Who,
     parse_event,
 )
+from chat.storage import Committed, MemoryStore
 
 # --- fakes and helpers ----------------------------------------------------------------------
 
@@ -561,6 +562,77 @@ async def test_then_between_two_says_splits_the_batch(hub: Hub) -> None:
 
     assert lines(decode(seen_by_action)) == ["[#a] <alice> one"]
     assert lines(decode(bob.take_pushes())) == ["[#a] <alice> two"]
+
+
+# --- the commit gate: what follows a write waits for the store ------------------------------
+
+
+class GatedStore(MemoryStore):
+    """A store whose commits the test reports by hand: the test sets ``dirty``, each
+    :meth:`commit_then` is recorded, and :meth:`report` ends the oldest one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[Committed] = []
+
+    def commit_then(self, done: Committed) -> None:
+        self.started.append(done)
+
+    def report(self, error: BaseException | None = None) -> None:
+        self.started.pop(0)(error)
+
+
+async def test_what_follows_a_write_goes_the_moment_its_commit_is_reported() -> None:
+    store, peer = GatedStore(), FakePeer()
+    outbox = Outbox(store)
+    store.dirty = True
+    outbox.send_bytes(peer, b"one\n")
+    await asyncio.sleep(0)  # the outbox's turn: it starts a commit instead of delivering
+    assert (len(store.started), peer.pushes) == (1, [])
+
+    outbox.send_bytes(peer, b"two\n")  # after a write the first commit does not carry
+    store.report()
+    # Delivered in the report itself, not a task's turn later; the next commit is already
+    # on its way for what came after.
+    assert (peer.pushes, len(store.started)) == ([b"one\n"], 1)
+
+    store.dirty = False
+    store.report()
+    assert (peer.pushes, store.started) == ([b"one\n", b"two\n"], [])
+
+
+async def test_a_failed_commit_delivers_anyway_and_does_not_retry_in_a_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, peer = GatedStore(), FakePeer()
+    outbox = Outbox(store)
+    store.dirty = True  # and it stays so: the failed writes wait for the next commit
+    outbox.send_bytes(peer, b"one\n")
+    await asyncio.sleep(0)
+    store.report(OSError("disk full"))
+
+    assert peer.pushes == [b"one\n"]
+    assert store.started == []  # nothing waits: the next entry starts the next commit
+    assert "store commit failed" in caplog.text
+    outbox.send_bytes(peer, b"two\n")
+    await asyncio.sleep(0)
+    assert (len(store.started), peer.pushes) == (1, [b"one\n"])
+
+
+async def test_drain_returns_once_the_commit_is_over_and_all_went_out() -> None:
+    store, peer = GatedStore(), FakePeer()
+    outbox = Outbox(store)
+    store.dirty = True
+    outbox.send_bytes(peer, b"last words\n")
+    drained = asyncio.ensure_future(outbox.drain())
+    await asyncio.sleep(0)
+    assert len(store.started) == 1
+    assert not drained.done()
+
+    store.dirty = False
+    store.report()
+    await drained
+    assert peer.pushes == [b"last words\n"]
 
 
 # --- quiet rooms ----------------------------------------------------------------------------

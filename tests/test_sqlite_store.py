@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,29 @@ async def test_reads_see_queued_writes_and_dirty_flips() -> None:
         assert not store.dirty
         assert await store.ignores("alice") == []
         assert await store.load_room("#den") is None
+
+
+async def test_commit_then_reports_on_the_loop_once_the_lines_are_in_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chat.db"
+    lines = said(3)
+    async with SqliteStore(str(path)) as store:
+        for line in lines:
+            store.append(line)
+        loop = asyncio.get_running_loop()
+        reported: asyncio.Future[tuple[BaseException | None, bool]] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            reported.set_result((error, threading.current_thread() is threading.main_thread()))
+
+        store.commit_then(done)
+        assert store.dirty  # until the loop hears of it
+        assert await reported == (None, True)
+        assert not store.dirty
+        with closing(sqlite3.connect(path)) as other:  # another connection: it is in the file
+            (count,) = other.execute("SELECT sum(count) FROM history_chunks").fetchone()
+        assert count == len(lines)
 
 
 async def test_concurrent_commits_each_wait_for_earlier_writes(tmp_path: Path) -> None:

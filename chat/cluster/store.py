@@ -39,7 +39,7 @@ from chat.cluster.keys import Keys
 from chat.cluster.messages import MalformedMessage, decode_entry
 from chat.errors import ErrorCode, ProtocolError
 from chat.protocol import Action, Message, nick_key, room_key
-from chat.storage import Account, Ban, Line, RoomState
+from chat.storage import Account, Ban, Committed, Line, RoomState
 
 __all__ = ["BEFORE_SLACK", "RedisStore"]
 
@@ -128,6 +128,7 @@ class RedisStore:
         self._queued = 0
         self._written = 0
         self._flight: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()  # commit_then's, until they are over
         self._closed = False
         self._global_bans: list[Ban] = []  # as last read
 
@@ -331,6 +332,18 @@ class RedisStore:
                 self._flight = asyncio.create_task(self._send())
                 self._flight.add_done_callback(_retrieved)
             await asyncio.shield(self._flight)
+
+    def commit_then(self, done: Committed) -> None:
+        """:meth:`commit` in a task of the store's: a commit here is a round trip to Redis,
+        which the turns of the loop it takes to report do not change much."""
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._commits.discard(task)
+            done(asyncio.CancelledError() if task.cancelled() else task.exception())
+
+        task = asyncio.get_running_loop().create_task(self.commit())
+        self._commits.add(task)
+        task.add_done_callback(finished)
 
     async def close(self) -> None:
         """Commit what is queued; the client stays open, it is the caller's. Later writes

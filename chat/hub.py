@@ -193,16 +193,16 @@ class Outbox:
     event-loop iteration.
 
     Nothing is delivered before the store has made durable what was written before it: when
-    the store is dirty, what is pending waits for its commit (one at a time, started and
-    reported by plain calls, :meth:`Store.commit_then`), so an acknowledged message survives
-    a crash. A room whose membership
+    the store is dirty, what is pending waits for its commit (started at the end of the
+    loop iteration that queued it and reported by plain calls, :meth:`Store.commit_then`), so
+    an acknowledged message survives a crash. A room whose membership
     changes meanwhile has its pending events pinned to its members as they were
     (:meth:`settle`), so nobody gets what was said before they came, or misses what was said
     before they left.
     """
 
     __slots__ = (
-        "_committing",
+        "_commits",
         "_covered",
         "_draining",
         "_pending",
@@ -217,8 +217,8 @@ class Outbox:
         self._posted: set[Room] = set()  # rooms with a post pending
         self._scheduled = False
         self._store: Store = store or MemoryStore()
-        self._committing = False  # a commit is under way; it covers _covered pending entries
-        self._covered = 0
+        self._commits: deque[int] = deque()  # per commit under way, the entries it covers
+        self._covered = 0  # their sum
         self._draining: asyncio.Future[None] | None = None  # drain() waiting on a commit
         self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
@@ -271,53 +271,55 @@ class Outbox:
 
     def _release(self) -> None:
         self._scheduled = False
-        if self._committing:
-            return  # the commit under way releases what is pending when it is over
-        if self._store.dirty:
-            self._begin()
+        if self._commits or self._store.dirty:
+            self._cover()  # the commits under way release what is pending as they report
             return
-        self.flush()
+        self._push(len(self._pending))
 
-    def _begin(self) -> None:
-        """Start a commit covering everything pending (what follows a write the store has
-        not made durable yet)."""
-        self._committing = True
-        self._covered = len(self._pending)
-        self._store.commit_then(self._committed)
+    def _cover(self) -> None:
+        """Start a commit for the pending entries no commit covers yet (they follow writes
+        the store has not made durable). Two at most are under way: the second goes to the
+        store while the first is still writing, so a line waits for one commit, not two;
+        what comes while both are under way waits for the next report and then goes in
+        one commit, so a slow disk gets bigger commits rather than a queue of small ones."""
+        uncovered = len(self._pending) - self._covered
+        if uncovered and len(self._commits) < 2:
+            self._commits.append(uncovered)
+            self._covered += uncovered
+            self._store.commit_then(self._committed)
 
     def _committed(self, error: BaseException | None) -> None:
-        """Deliver what the commit covered, pipelined: the next commit goes to the store
-        before these entries are pushed, so that it writes while the loop delivers."""
+        """Deliver what the oldest commit under way covered."""
         if error is not None:  # a full disk must not stop the chat
             log.error("store commit failed; delivering anyway", exc_info=error)
-        covered = self._covered
-        self._committing = False
-        if len(self._pending) > covered and self._store.dirty:
-            self._begin()
-            self._covered -= covered  # the entries it covers, once these are gone
-            self.flush(covered)
-        else:  # nothing after them, or nothing written since: it all goes
-            self.flush()
-        if self._draining is not None and not self._committing:
+        count = self._commits.popleft()
+        self._covered -= count
+        self._push(count)
+        self._cover()
+        if self._draining is not None and not self._commits:
             self._draining.set_result(None)
             self._draining = None
 
     async def drain(self) -> None:
         """Return once everything pending has been delivered (shutdown)."""
-        while self._pending or self._committing:
-            if not self._committing:
+        while self._pending or self._commits:
+            if not self._commits:
                 self._release()
                 continue
             if self._draining is None:
                 self._draining = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._draining)
 
-    def flush(self, count: int | None = None) -> None:
-        """Push the first ``count`` entries pending (all of them by default), in order,
-        whether or not the store has committed what they follow: for tests and for what
-        must go out now."""
-        if count is None:
-            count = len(self._pending)
+    def flush(self) -> None:
+        """Push everything pending now, in order, whether or not the store has committed
+        what it follows: for tests. The commits under way still report, with nothing left
+        to deliver."""
+        self._commits = deque(0 for _ in self._commits)
+        self._covered = 0
+        self._push(len(self._pending))
+
+    def _push(self, count: int) -> None:
+        """Push the first ``count`` entries pending, in order."""
         pending, self._pending = self._pending[:count], self._pending[count:]
         if not self._pending:
             self._posted.clear()

@@ -12,7 +12,6 @@ waits for a commit.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
@@ -122,7 +121,7 @@ async def connect(
 
 def flush(hub: Hub) -> None:
     """Deliver everything pending, as the next loop iteration does."""
-    hub.outbox.flush(sys.maxsize)
+    hub.outbox.flush()
 
 
 def settle(hub: Hub) -> None:
@@ -599,6 +598,25 @@ async def test_what_follows_a_write_goes_the_moment_its_commit_is_reported() -> 
     store.dirty = False
     store.report()
     assert (peer.pushes, store.started) == ([b"one\n", b"two\n"], [])
+
+
+async def test_two_commits_at_most_are_under_way_and_each_delivers_what_it_covered() -> None:
+    store, peer = GatedStore(), FakePeer()
+    outbox = Outbox(store)
+    store.dirty = True
+    for line in (b"one\n", b"two\n", b"three\n", b"four\n"):
+        outbox.send_bytes(peer, line)
+        await asyncio.sleep(0)  # each in its own loop iteration
+    # "one" and "two" have a commit each; "three" and "four" wait for one to report.
+    assert (len(store.started), peer.pushes) == (2, [])
+
+    store.report()
+    assert (peer.pushes, len(store.started)) == ([b"one\n"], 2)  # one commit for both
+    store.report()
+    assert peer.pushes == [b"one\n", b"two\n"]
+    store.dirty = False
+    store.report()
+    assert (peer.pushes, store.started) == ([b"one\n", b"two\n", b"three\n", b"four\n"], [])
 
 
 async def test_a_failed_commit_delivers_anyway_and_does_not_retry_in_a_loop(

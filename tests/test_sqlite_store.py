@@ -340,3 +340,26 @@ async def test_a_version_1_database_is_migrated_with_its_history(tmp_path: Path)
         assert await store.before("#den", 101.0, 10) == [
             Message(id="a-1", ts=100.5, room="#Den", nick="bob", text="hello")
         ]
+        # Chunks written now keep their times apart (version 3); both kinds read as one.
+        store.append(Message(id="a-3", ts=102.0, room="#Den", nick="carol", text="hi"))
+        await store.commit()
+        assert [line.id for line in await store.recent("#den", 10)] == ["a-1", "a-2", "a-3"]
+
+
+async def test_a_line_holding_the_separators_is_kept_with_them_replaced() -> None:
+    """The store packs a chunk's lines with control characters the protocol layer never
+    lets through; should one arrive anyway, it must not split a line or shift its fields."""
+    lines = [
+        Message(id="s-1", ts=1.0, room="#Den", nick="bob", text="before"),
+        Message(id="s-2", ts=2.0, room="#Den", nick="bob", text="a\x1fb\x1ec"),
+        Action(id="s-3", ts=3.0, room="#Den", nick="bob", text="after"),
+    ]
+    async with await open_store(":memory:") as store:
+        for line in lines:
+            store.append(line)
+        await store.commit()
+        assert await store.recent("#den", 10) == [
+            lines[0],
+            Message(id="s-2", ts=2.0, room="#Den", nick="bob", text="a\ufffdb\ufffdc"),
+            lines[2],
+        ]

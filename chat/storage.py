@@ -138,7 +138,10 @@ class Store(Protocol):
         awaitable, so that a store can start the commit before returning and report on the
         very next turn of the loop. Each task or future between the two costs a turn, and a
         turn of a busy loop is every line read in one go: every turn waited is latency
-        added to every message and, to a client that waits for its echoes, throughput lost."""
+        added to every message and, to a client that waits for its echoes, throughput lost.
+
+        Several may be under way at once (the outbox keeps two): their ``done`` calls must
+        come in the order the commits were started."""
 
     async def close(self) -> None:
         """Commit what is queued and release the store. Idempotent."""

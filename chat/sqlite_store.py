@@ -239,7 +239,7 @@ class SqliteStore:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._lines or self._writes or self._failed != ([], [])) or self._committing > 0
+        return bool(self._lines or self._writes or any(self._failed)) or self._committing > 0
 
     async def commit(self) -> None:
         """Hand the queued writes to the worker. With nothing queued but an earlier commit

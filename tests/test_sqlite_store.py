@@ -250,6 +250,33 @@ async def test_memory_keeps_nothing_across_stores() -> None:
         assert await store.account("a") is None
 
 
+async def test_a_failed_commit_keeps_its_writes_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction that fails (a full disk, say) is rolled back; its lines and writes stay
+    queued, the store stays dirty, and the next commit writes them once, in order."""
+    import chat.sqlite_store  # noqa: PLC0415 - the room write to fail once
+
+    real = chat.sqlite_store._save_room
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def save_room(state: RoomState, conn: sqlite3.Connection) -> None:
+        if failures:
+            raise failures.pop()
+        real(state, conn)
+
+    monkeypatch.setattr(chat.sqlite_store, "_save_room", save_room)
+    async with await open_store(":memory:") as store:
+        store.append(said(1)[0])
+        store.save_room(ROOM)
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await store.commit()
+        assert store.dirty
+        assert await store.recent("#den", 10) == said(1)  # retried first, by this read
+        assert not store.dirty
+        assert await store.load_room("#den") == ROOM
+
+
 async def test_close_commits_and_is_idempotent(tmp_path: Path) -> None:
     path = str(tmp_path / "chat.db")
     store = await open_store(path)

@@ -183,6 +183,15 @@ class Counters:
     loop_lag: float = 0.0  # seconds, the last sample
 
 
+# Entries pending in one turn of the loop past which the outbox starts a commit before the
+# turn ends, where the store commits on its own thread (Store.early_commits). A busy turn
+# reads every socket once, tens of thousands of lines; committing them all only after it
+# would leave the loop idle while the last commit runs and deliver in one late burst.
+# Measured on the flat-out fan-out: 1,000 and 10,000 both cost more than 3,000
+# (docs/performance.md); it is an internal batching size, not a bound on clients.
+EARLY_COMMIT = 3000
+
+
 class Outbox:
     """Every event on its way to a peer, in the order the hub produced them.
 
@@ -194,8 +203,9 @@ class Outbox:
 
     Nothing is delivered before the store has made durable what was written before it: when
     the store is dirty, what is pending waits for its commit (started at the end of the
-    loop iteration that queued it and reported by plain calls, :meth:`Store.commit_then`), so
-    an acknowledged message survives a crash. A room whose membership
+    loop iteration that queued it, or every ``EARLY_COMMIT`` entries within a busy one, and
+    reported by plain calls, :meth:`Store.commit_then`), so an acknowledged message survives
+    a crash. A room whose membership
     changes meanwhile has its pending events pinned to its members as they were
     (:meth:`settle`), so nobody gets what was said before they came, or misses what was said
     before they left.
@@ -205,6 +215,7 @@ class Outbox:
         "_commits",
         "_covered",
         "_draining",
+        "_early_at",
         "_pending",
         "_posted",
         "_scheduled",
@@ -219,6 +230,7 @@ class Outbox:
         self._store: Store = store or MemoryStore()
         self._commits: deque[int] = deque()  # per commit under way, the entries it covers
         self._covered = 0  # their sum
+        self._early_at = EARLY_COMMIT  # pending length at which to try a commit mid-turn
         self._draining: asyncio.Future[None] | None = None  # drain() waiting on a commit
         self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
@@ -264,10 +276,15 @@ class Outbox:
                 pending[index] = (members, entry[1])
 
     def _add(self, entry: _Entry) -> None:
-        self._pending.append(entry)
+        pending = self._pending
+        pending.append(entry)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._release)
+        elif len(pending) >= self._early_at:
+            self._early_at = len(pending) + EARLY_COMMIT
+            if self._store.early_commits and self._store.dirty:
+                self._cover()
 
     def _release(self) -> None:
         self._scheduled = False
@@ -278,12 +295,13 @@ class Outbox:
 
     def _cover(self) -> None:
         """Start a commit for the pending entries no commit covers yet (they follow writes
-        the store has not made durable). Two at most are under way: the second goes to the
-        store while the first is still writing, so a line waits for one commit, not two;
-        what comes while both are under way waits for the next report and then goes in
-        one commit, so a slow disk gets bigger commits rather than a queue of small ones."""
+        the store has not made durable), unless one already waits to begin: then what is
+        pending waits for the next report and goes in one commit, so a slow disk gets bigger
+        commits rather than a queue of small ones. A commit begun while another writes means
+        a line waits for one commit, not two; with a store that commits on its own thread,
+        :meth:`_add` calls this in the middle of a busy turn too (``EARLY_COMMIT``)."""
         uncovered = len(self._pending) - self._covered
-        if uncovered and len(self._commits) < 2:
+        if uncovered and not self._store.commit_waiting:
             self._commits.append(uncovered)
             self._covered += uncovered
             self._store.commit_then(self._committed)
@@ -321,6 +339,7 @@ class Outbox:
     def _push(self, count: int) -> None:
         """Push the first ``count`` entries pending, in order."""
         pending, self._pending = self._pending[:count], self._pending[count:]
+        self._early_at = len(self._pending) + EARLY_COMMIT
         if not self._pending:
             self._posted.clear()
         start = 0

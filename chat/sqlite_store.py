@@ -151,6 +151,8 @@ class SqliteStore:
         self._lines: list[Line] = []
         self._writes: list[_Write] = []
         self._committing = 0  # jobs handed to the worker with writes, not yet finished
+        self._handed = 0  # jobs handed to the worker (written on the loop's thread only)
+        self._started = 0  # jobs the worker has begun (written on the worker thread only)
         self._closing: asyncio.Future[None] | None = None
         # The worker's own state: touched on the worker thread only (``dirty`` reads _failed).
         self._conn: sqlite3.Connection | None = None
@@ -247,6 +249,14 @@ class SqliteStore:
         if self.dirty:
             await self._run(_nothing)
 
+    @property
+    def commit_waiting(self) -> bool:
+        """A job handed to the worker that it has not begun: its batch was fixed when it was
+        handed over, so what is queued now would go in a job queued behind it."""
+        return self._handed != self._started
+
+    early_commits = True  # the worker thread commits while the loop reads on
+
     def commit_then(self, done: Committed) -> None:
         self._hand_over(partial(self._job, _nothing), done)
 
@@ -275,6 +285,7 @@ class SqliteStore:
         batch = (self._lines, self._writes)
         future = self._executor.submit(job, batch)
         self._lines, self._writes = [], []  # only now: if the executor refused, keep them
+        self._handed += 1
         carries = bool(batch[0] or batch[1])
         if carries:
             self._committing += 1
@@ -296,6 +307,7 @@ class SqliteStore:
     # --- the worker thread ------------------------------------------------------------
 
     def _job(self, read: Callable[[sqlite3.Connection], T], batch: _Batch) -> T:
+        self._started += 1
         conn = self._connection()
         lines, writes = batch
         failed_lines, failed_writes = self._failed

@@ -140,8 +140,20 @@ class Store(Protocol):
         turn of a busy loop is every line read in one go: every turn waited is latency
         added to every message and, to a client that waits for its echoes, throughput lost.
 
-        Several may be under way at once (the outbox keeps two): their ``done`` calls must
-        come in the order the commits were started."""
+        Several may be under way at once: their ``done`` calls must come in the order the
+        commits were started."""
+
+    @property
+    def commit_waiting(self) -> bool:
+        """True while a commit started with :meth:`commit_then` would only queue behind one
+        that has not begun: the outbox then waits for the next report instead, so that a
+        slow store gets one bigger commit rather than a queue of small ones."""
+
+    @property
+    def early_commits(self) -> bool:
+        """Whether a commit started in the middle of a turn of the loop gets on before the
+        turn is over (a thread's commit does; a task's waits for the next turn), so that the
+        outbox should start one as soon as many entries wait rather than at the turn's end."""
 
     async def close(self) -> None:
         """Commit what is queued and release the store. Idempotent."""
@@ -227,6 +239,9 @@ class MemoryStore:
 
     async def commit(self) -> None:
         return None
+
+    commit_waiting = False
+    early_commits = False
 
     def commit_then(self, done: Committed) -> None:
         asyncio.get_running_loop().call_soon(done, None)

@@ -318,6 +318,31 @@ async def test_concurrent_commits_each_wait_for_their_writes(
     assert 1 < flights < 50  # transactions were shared, and writes queued during them
 
 
+async def test_a_third_commit_waits_for_a_report_while_two_are_under_way(
+    nodes: tuple[Node, Node],
+) -> None:
+    """commit_waiting, as the outbox reads it: the second commit sends everything queued by
+    the time the first is over, so a third could only wait behind it."""
+    a, _ = nodes
+    store = a.store
+    both = asyncio.get_running_loop().create_future()
+    reports: list[BaseException | None] = []
+
+    def done(error: BaseException | None) -> None:
+        reports.append(error)
+        if len(reports) == 2:
+            both.set_result(None)
+
+    store.add_global_ban(Ban("nick:one"))
+    store.commit_then(done)
+    assert not store.commit_waiting
+    store.add_global_ban(Ban("nick:two"))
+    store.commit_then(done)
+    assert store.commit_waiting
+    await both
+    assert (reports, store.commit_waiting, store.dirty) == ([None, None], False, False)
+
+
 async def test_close_commits_and_refuses_later_writes(
     nodes: tuple[Node, Node], raw: aioredis.Redis, keys: Keys
 ) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from chat import hub as hub_module
 from chat.codecs import JSON, TEXT, Codec
 from chat.commands import (
     Command,
@@ -567,8 +568,9 @@ async def test_then_between_two_says_splits_the_batch(hub: Hub) -> None:
 
 
 class GatedStore(MemoryStore):
-    """A store whose commits the test reports by hand: the test sets ``dirty``, each
-    :meth:`commit_then` is recorded, and :meth:`report` ends the oldest one."""
+    """A store whose commits the test runs by hand: the test sets ``dirty``; each
+    :meth:`commit_then` is recorded and waits to begin (``commit_waiting``) until
+    :meth:`begin`; :meth:`report` ends the oldest one."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -576,9 +578,16 @@ class GatedStore(MemoryStore):
 
     def commit_then(self, done: Committed) -> None:
         self.started.append(done)
+        self.commit_waiting = True
+
+    def begin(self) -> None:
+        self.commit_waiting = False
 
     def report(self, error: BaseException | None = None) -> None:
-        self.started.pop(0)(error)
+        done = self.started.pop(0)
+        if not self.started:  # the one reported had begun, and no other waits
+            self.commit_waiting = False
+        done(error)
 
 
 async def test_what_follows_a_write_goes_the_moment_its_commit_is_reported() -> None:
@@ -600,23 +609,69 @@ async def test_what_follows_a_write_goes_the_moment_its_commit_is_reported() -> 
     assert (peer.pushes, store.started) == ([b"one\n", b"two\n"], [])
 
 
-async def test_two_commits_at_most_are_under_way_and_each_delivers_what_it_covered() -> None:
+async def test_a_commit_starts_while_one_writes_but_never_queues_behind_one_not_begun() -> None:
     store, peer = GatedStore(), FakePeer()
     outbox = Outbox(store)
     store.dirty = True
-    for line in (b"one\n", b"two\n", b"three\n", b"four\n"):
-        outbox.send_bytes(peer, line)
-        await asyncio.sleep(0)  # each in its own loop iteration
-    # "one" and "two" have a commit each; "three" and "four" wait for one to report.
+    outbox.send_bytes(peer, b"one\n")
+    await asyncio.sleep(0)
+    outbox.send_bytes(peer, b"two\n")
+    await asyncio.sleep(0)  # the first has not begun: "two" waits rather than queue
+    assert (len(store.started), peer.pushes) == (1, [])
+
+    store.begin()
+    outbox.send_bytes(peer, b"three\n")
+    await asyncio.sleep(0)  # the first writes: one more commit, for "two" and "three"
     assert (len(store.started), peer.pushes) == (2, [])
 
     store.report()
-    assert (peer.pushes, len(store.started)) == ([b"one\n"], 2)  # one commit for both
-    store.report()
-    assert peer.pushes == [b"one\n", b"two\n"]
+    assert (peer.pushes, len(store.started)) == ([b"one\n"], 1)
     store.dirty = False
     store.report()
-    assert (peer.pushes, store.started) == ([b"one\n", b"two\n", b"three\n", b"four\n"], [])
+    assert (peer.pushes, store.started) == ([b"one\n", b"two\n", b"three\n"], [])
+
+
+async def test_a_busy_turn_starts_commits_before_it_ends_with_a_threaded_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "EARLY_COMMIT", 3)
+    store, peer = GatedStore(), FakePeer()
+    store.early_commits = True
+    outbox = Outbox(store)
+    store.dirty = True
+    lines = [f"{i}\n".encode() for i in range(8)]
+    for line in lines[:3]:  # one turn of the loop: no await between them
+        outbox.send_bytes(peer, line)
+    assert len(store.started) == 1  # the third started a commit for all three
+    store.begin()
+    for line in lines[3:]:
+        outbox.send_bytes(peer, line)
+    assert len(store.started) == 2  # the sixth: one for the next three
+    assert peer.pushes == []
+
+    await asyncio.sleep(0)  # the turn's end: the second has not begun, the rest wait
+    assert len(store.started) == 2
+    store.report()
+    assert peer.pushes == lines[:3]
+    store.report()  # delivers its three, then covers the last two
+    assert (peer.pushes, len(store.started)) == (lines[:6], 1)
+    store.dirty = False
+    store.report()
+    assert peer.pushes == lines
+
+
+async def test_a_store_committing_in_a_task_is_not_asked_before_the_turn_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "EARLY_COMMIT", 3)
+    store, peer = GatedStore(), FakePeer()  # early_commits is False, as for Redis
+    outbox = Outbox(store)
+    store.dirty = True
+    for i in range(8):
+        outbox.send_bytes(peer, f"{i}\n".encode())
+    assert store.started == []
+    await asyncio.sleep(0)
+    assert len(store.started) == 1
 
 
 async def test_a_failed_commit_delivers_anyway_and_does_not_retry_in_a_loop(

@@ -119,6 +119,35 @@ async def test_commit_then_reports_on_the_loop_once_the_lines_are_in_the_file(
         assert count == len(lines)
 
 
+async def test_a_commit_waits_to_begin_while_the_worker_is_busy(tmp_path: Path) -> None:
+    """commit_waiting: the outbox asks it before starting another commit (hub.Outbox)."""
+    path = tmp_path / "chat.db"
+    async with await open_store(str(path)) as store:
+        assert not store.commit_waiting
+        loop = asyncio.get_running_loop()
+        reports: list[BaseException | None] = []
+        both: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            reports.append(error)
+            if len(reports) == 2:
+                both.set_result(None)
+
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")  # the worker's first commit waits for the lock
+            store.append(said(1)[0])
+            store.commit_then(done)
+            store.append(said(2)[1])
+            store.commit_then(done)
+            assert store.commit_waiting  # the second cannot have begun
+            other.execute("COMMIT")
+        await both
+        assert reports == [None, None]
+        assert not store.commit_waiting
+        with closing(sqlite3.connect(path)) as reader:
+            assert reader.execute("SELECT sum(count) FROM history_chunks").fetchone() == (2,)
+
+
 async def test_concurrent_commits_each_wait_for_earlier_writes(tmp_path: Path) -> None:
     path = str(tmp_path / "chat.db")
     async with await open_store(path) as store:

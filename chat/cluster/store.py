@@ -333,6 +333,14 @@ class RedisStore:
                 self._flight.add_done_callback(_retrieved)
             await asyncio.shield(self._flight)
 
+    @property
+    def commit_waiting(self) -> bool:
+        """Two under way: the second sends, in its own transaction, everything queued by
+        the time the first is over, so a third could only wait for it."""
+        return len(self._commits) >= 2
+
+    early_commits = False  # a task: it starts on the loop's next turn whenever it is made
+
     def commit_then(self, done: Committed) -> None:
         """:meth:`commit` in a task of the store's: a commit here is a round trip to Redis,
         which the turns of the loop it takes to report do not change much."""

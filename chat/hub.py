@@ -230,7 +230,9 @@ class Outbox:
         self._store: Store = store or MemoryStore()
         self._commits: deque[int] = deque()  # per commit under way, the entries it covers
         self._covered = 0  # their sum
-        self._early_at = EARLY_COMMIT  # pending length at which to try a commit mid-turn
+        # The pending length at which to try a commit mid-turn: EARLY_COMMIT entries after
+        # the last commit started or the last try.
+        self._early_at = EARLY_COMMIT
         self._draining: asyncio.Future[None] | None = None  # drain() waiting on a commit
         self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
@@ -282,7 +284,7 @@ class Outbox:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._release)
         elif len(pending) >= self._early_at:
-            self._early_at = len(pending) + EARLY_COMMIT
+            self._early_at = len(pending) + EARLY_COMMIT  # the next try, if none starts now
             if self._store.early_commits and self._store.dirty:
                 self._cover()
 
@@ -304,6 +306,7 @@ class Outbox:
         if uncovered and not self._store.commit_waiting:
             self._commits.append(uncovered)
             self._covered += uncovered
+            self._early_at = len(self._pending) + EARLY_COMMIT
             self._store.commit_then(self._committed)
 
     def _committed(self, error: BaseException | None) -> None:
@@ -339,7 +342,7 @@ class Outbox:
     def _push(self, count: int) -> None:
         """Push the first ``count`` entries pending, in order."""
         pending, self._pending = self._pending[:count], self._pending[count:]
-        self._early_at = len(self._pending) + EARLY_COMMIT
+        self._early_at -= count  # as far past the last commit's start as before
         if not self._pending:
             self._posted.clear()
         start = 0

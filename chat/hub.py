@@ -459,6 +459,14 @@ class Backend(Protocol):
     def kill(self, nick: str, text: str) -> None:
         """Disconnect ``nick``, a user on another node, saying ``text`` (``/kill``)."""
 
+    def ask_whois(self, asker: Member, nick: str, request: str | None) -> None:
+        """Have the node holding ``nick`` answer ``asker`` with their whois (it knows their
+        account, idle time and away message), or raise :class:`ProtocolError`."""
+
+    def answer(self, nick: str, event: Away) -> None:
+        """Tell ``nick``, a user on another node who sent a private message to one of ours,
+        that they are away (if ``nick`` is still there)."""
+
     @property
     def congested(self) -> bool:
         """True while more is waiting to be published than the link carries: sessions stop
@@ -495,10 +503,26 @@ class LocalBackend:
     def kill(self, nick: str, text: str) -> None:
         raise AssertionError("a single process has no other node")
 
+    def ask_whois(self, asker: Member, nick: str, request: str | None) -> None:
+        raise AssertionError("a single process has no other node")
+
+    def answer(self, nick: str, event: Away) -> None:
+        raise AssertionError("a single process has no other node")
+
     congested = False
 
     async def uncongested(self) -> None:
         return None
+
+
+def _away_once(target: Member, said: Private) -> Away | None:
+    """``target``'s away message for the sender of ``said``, the first time they send
+    ``target`` a private message (not a notice) while ``target`` is away."""
+    sender = nick_key(said.nick or "")
+    if not target.away or said.notice or sender in target.told_away:
+        return None
+    target.told_away.add(sender)
+    return Away(nick=target.nick, text=target.away)
 
 
 def _answer(event: Event, request: str | None) -> Event:
@@ -1242,9 +1266,9 @@ class Hub:
             if nick_key(member.nick) not in target.ignores:  # the sender is not told
                 self.tell(target, event)
             member.last_said = event.ts
-            if target.away and not notice and nick_key(member.nick) not in target.told_away:
-                target.told_away.add(nick_key(member.nick))
-                self.tell(member, Away(nick=target.nick, text=target.away))
+            away = _away_once(target, event)
+            if away is not None:
+                self.tell(member, away)
         else:
             remote = await self.backend.locate(nick)
             if remote is None:
@@ -1295,38 +1319,44 @@ class Hub:
             remote = await self.backend.locate(nick)
             if remote is None:
                 raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
-            rooms = [
-                r.name
-                for r in self._rooms.values()
-                if nick_key(remote) in r.remote
-                and (r in member.rooms.values() or "i" not in r.modes)
-            ]
-            self.tell(member, Whois(nick=remote, rooms=tuple(rooms)), request)
+            self.backend.ask_whois(member, remote, request)  # its node answers
             return
-        shared = [
+        shares = member.rooms.values()
+        self.tell(member, self._whois(target, lambda room: room in shares, member.admin), request)
+
+    def whois_for(self, asker: str, nick: str, *, admin: bool) -> Whois | Error:
+        """The answer to ``asker``, a user of another node, asking ``/whois nick`` of a
+        user of this one."""
+        target = self.find(nick)
+        if target is None:
+            return Error(code=ErrorCode.NO_SUCH_NICK, text=f"Nobody called {nick!r} is online.")
+        return self._whois(target, lambda room: nick_key(asker) in room.remote, admin)
+
+    def _whois(self, target: Member, shares: Callable[[Room], bool], admin: bool) -> Whois:
+        """``target``'s whois for someone who ``shares`` some rooms with them: those and
+        the rooms anyone may see are listed, and a server operator sees the address."""
+        shown = [
             room.name
             for room in target.rooms.values()
-            if member in room.members or "i" not in room.modes or member.admin
+            if "i" not in room.modes or admin or shares(room)
         ]
-        now = time.time()
-        event = Whois(
+        return Whois(
             nick=target.nick,
             account=target.account,
-            rooms=tuple(shared),
-            idle=int(now - (target.last_said or target.since)),
+            rooms=tuple(shown),
+            idle=int(time.time() - (target.last_said or target.since)),
             away=target.away,
             since=target.since,
             operator=target.admin,
-            address=target.address if member.admin else None,
+            address=target.address if admin else None,
             user=target.user or target.nick,
             realname=target.realname or target.nick,
             operator_in=tuple(
                 room.name
                 for room in target.rooms.values()
-                if room.name in shared and room.operates(target)
+                if room.name in shown and room.operates(target)
             ),
         )
-        self.tell(member, event, request)
 
     def ignore(self, member: Member, nick: str, on: bool, request: str | None = None) -> None:
         key = nick_key(validate_nick(nick))
@@ -1823,10 +1853,14 @@ class Hub:
                     titled.topic = event.text
                     self._listing_dirty = True
                     self.outbox.deliver(titled.members, event)
-            case Private(target=target):
+            case Private(target=target, nick=str(sender)):
                 member = self._by_key.get(nick_key(target))
                 if member is not None:
-                    self.tell(member, event)
+                    if nick_key(sender) not in member.ignores:
+                        self.tell(member, event)
+                    away = _away_once(member, event)
+                    if away is not None:
+                        self.backend.answer(sender, away)
             case Mode(room=str(name), change=change, target=target):
                 # Applied as the event says. Approximations, until a relayed mode reloads
                 # the room from the store: a mute is kept as the target's nickname mask

@@ -1723,3 +1723,84 @@ async def test_history_outlives_an_empty_room(cluster: Cluster) -> None:
     assert await cluster.stream("#gone") == [("alice", "remember me")]
     await bob.join("#gone")
     await bob.expect("message", text="remember me", history=True)
+
+
+async def test_a_mute_on_one_node_silences_a_user_of_another(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await shared([alice, bob], "#quiet")
+    await ok(alice, {"type": "mute", "room": "#quiet", "nick": "bob"})
+    await bob.expect("mode", room="#quiet", change="+q")
+    refused = await request(bob, {"type": "say", "room": "#quiet", "text": "can you hear me"})
+    assert refused.code == "muted", refused  # type: ignore[attr-defined]
+    await ok(alice, {"type": "unmute", "room": "#quiet", "nick": "bob"})
+    await bob.expect("mode", room="#quiet", change="-q")
+    await bob.say("#quiet", "now?")  # a line is not answered: alice gets it
+    await alice.until_messages([("bob", "now?")])
+    assert "can you hear me" not in said(alice.events, "bob", "#quiet")
+
+
+async def test_whois_of_a_user_of_another_node_comes_from_their_node(cluster: Cluster) -> None:
+    a = await cluster.node("A", admins=("alice",))
+    b = await cluster.node("B", admins=("alice",))
+    alice, carol = await cluster.user(a, "alice"), await cluster.user(a, "carol")
+    bob = await cluster.user(b, "bob")
+    await ok(alice, {"type": "register", "password": PASSWORD})
+    await ok(alice, {"type": "login", "nick": "alice", "password": PASSWORD})
+    await ok(bob, {"type": "register", "password": PASSWORD})
+    await ok(bob, {"type": "away", "text": "lunch"})
+    await shared([bob, carol], "#both")
+    await bob.join("#secret")
+    await ok(bob, {"type": "mode", "room": "#secret", "change": "+i"})
+
+    whois = await ok(carol, {"type": "whois", "nick": "BOB"})
+    assert whois.type == "whois", whois
+    assert (whois.nick, whois.account, whois.away) == ("bob", "bob", "lunch"), whois  # type: ignore[attr-defined]
+    assert whois.since > 0, whois  # type: ignore[attr-defined]
+    assert whois.idle >= 0, whois  # type: ignore[attr-defined]
+    assert "#both" in whois.rooms, whois  # type: ignore[attr-defined]
+    assert "#secret" not in whois.rooms, whois  # type: ignore[attr-defined]
+    assert whois.address is None, whois  # type: ignore[attr-defined]
+    # A server operator of any node sees the address, and the invite-only room.
+    seen = await ok(alice, {"type": "whois", "nick": "bob"})
+    assert seen.address == "127.0.0.1", seen  # type: ignore[attr-defined]
+    assert "#secret" in seen.rooms, seen  # type: ignore[attr-defined]
+
+
+async def test_an_away_user_of_another_node_is_announced_once_to_a_sender(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    await ok(bob, {"type": "away", "text": "lunch"})
+    await ok(alice, {"type": "msg", "nick": "bob", "text": "one"})
+    away = await alice.expect("away", nick="bob")
+    assert away.text == "lunch"
+    await bob.expect("private", nick="alice", text="one")
+    mark = len(alice.events)
+    await ok(alice, {"type": "msg", "nick": "bob", "text": "two"})
+    await bob.expect("private", nick="alice", text="two")
+    # bob's node answers in order: his reply comes after any second away notice would have.
+    await ok(bob, {"type": "msg", "nick": "alice", "text": "back soon"})
+    await alice.expect("private", nick="bob", text="back soon")
+    assert count(alice.events[mark:], "away") == 0
+
+
+async def test_ignoring_a_user_of_another_node(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, carol = await cluster.user(a, "alice"), await cluster.user(a, "carol")
+    bob = await cluster.user(b, "bob")
+    await shared([alice, bob, carol], "#ig")
+    await ok(bob, {"type": "ignore", "nick": "alice"})
+    mark = len(bob.events)
+    await alice.say("#ig", "in the room")
+    await ok(alice, {"type": "msg", "nick": "bob", "text": "in private"})
+    # carol's lines follow alice's on the same channels: once they are in, alice's would be.
+    await carol.say("#ig", "room marker")
+    await ok(carol, {"type": "msg", "nick": "bob", "text": "private marker"})
+    await bob.until_messages([("carol", "room marker")], mark)
+    await bob.expect("private", nick="carol", text="private marker")
+    assert [e for e in bob.events[mark:] if e.nick == "alice"] == []
+    await ok(bob, {"type": "unignore", "nick": "alice"})
+    await ok(alice, {"type": "msg", "nick": "bob", "text": "again"})
+    await bob.expect("private", nick="alice", text="again")

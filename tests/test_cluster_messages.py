@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.cluster.messages import (
+    Answer,
+    AskWhois,
     Claim,
     ClusterMessage,
     Direct,
@@ -33,9 +35,12 @@ from chat.cluster.messages import (
     entry_fields,
     stream_frame,
 )
+from chat.errors import ErrorCode
 from chat.protocol import (
     Action,
+    Away,
     Dialect,
+    Error,
     Event,
     Invite,
     Join,
@@ -48,6 +53,7 @@ from chat.protocol import (
     Quit,
     Topic,
     Who,
+    Whois,
     render,
 )
 
@@ -75,6 +81,27 @@ MESSAGES: list[ClusterMessage] = [
     Relayed("host-42-ab", Action(room="#r", nick="ann", text="y"), StreamId(5)),
     Direct("node-1", Private(nick="ann", target="bob", text="psst")),
     Kill("node-1", "bob", "Killed by ann: enough \u00e9"),
+    AskWhois("node-1", "ann", "bob", admin=True, re="q1"),
+    AskWhois("node-1", "ann", "bob"),
+    Answer("node-1", "ann", Away(nick="bob", text="lunch \u00e9")),
+    Answer(
+        "node-1",
+        "ann",
+        Whois(
+            nick="bob",
+            account="bob",
+            rooms=("#r", "#caf\u00e9"),
+            idle=12,
+            away="lunch",
+            since=1_700_000_000.5,
+            address="10.0.0.2",
+            user="bob",
+            realname="Bob",
+            operator_in=("#r",),
+            re="q1",
+        ),
+    ),
+    Answer("node-1", "ann", Error(code=ErrorCode.NO_SUCH_NICK, text="gone", re="q1")),
 ]
 
 
@@ -220,6 +247,21 @@ MALFORMED: list[tuple[str | bytes, str]] = [
     ('A\nkill\n{"nick": "b"}', "without a nick or a text"),
     ('A\nkill\n["b", "t"]', "without a nick"),
     ('A\nkill\n{"nick": "b\\ud800", "text": "t"}', "bad string"),
+    ("A\nwhois\nnot json", "unreadable whois"),
+    ('A\nwhois\n["ann", "bob"]', "not an object"),
+    ('A\nwhois\n{"nick": "bob", "admin": false}', "bad asker"),
+    ('A\nwhois\n{"asker": "ann", "nick": "", "admin": false}', "bad nick"),
+    ('A\nwhois\n{"asker": "ann", "nick": "bob", "admin": 1}', "bad admin"),
+    ('A\nwhois\n{"asker": "ann", "nick": "bob", "admin": false, "re": 5}', "request id"),
+    ("A\nre\n\n" + json_of(Away(nick="bob")), "for nobody"),
+    ("A\nre\n" + json_of(Away(nick="bob")), "unreadable event"),  # no line for whom
+    ("A\nre\nann\n" + json_of(Join(room="#r", nick="a")), "carries a join"),
+    ("A\nre\nann\n" + json_of(Whois(nick="bob", rooms=(5,))), "bad field"),  # type: ignore[arg-type]
+    ("A\nre\nann\n" + json_of(Whois(nick="bob", idle=True)), "bad field"),
+    (
+        'A\nre\nann\n{"type": "whois", "id": "w", "ts": 1.5, "nick": "b", "account": "\\ud800"}',
+        "bad field",
+    ),
 ]
 
 

@@ -38,6 +38,7 @@ from chat.protocol import (
     LOBBY,
     TOPIC_MAX,
     Action,
+    Error,
     Event,
     Join,
     Message,
@@ -49,6 +50,7 @@ from chat.protocol import (
     RoomList,
     Topic,
     Who,
+    Whois,
     parse_event,
 )
 from chat.storage import Committed, MemoryStore
@@ -1078,3 +1080,28 @@ async def test_no_active_room_after_parting_every_room(hub: Hub, command: Comman
 
     assert await refused(alice, command) is ErrorCode.NO_ACTIVE_ROOM
     assert alice.take() == []
+
+
+# --- whois asked from another node ----------------------------------------------------------
+
+
+async def test_whois_for_another_nodes_user_shows_what_they_share_and_no_address(
+    hub: Hub,
+) -> None:
+    bob = await connect(hub, "bob", "#open", "#secret", "#hidden")
+    hub.relay(Join(room="#secret", nick="zed"))  # zed, of another node, shares #secret
+    for room in ("#secret", "#hidden"):
+        hub.mode(bob.member, room, "+i", None)
+
+    seen = hub.whois_for("zed", "BOB", admin=False)
+    assert isinstance(seen, Whois)
+    assert seen.nick == "bob"
+    assert set(seen.rooms) == {LOBBY, "#open", "#secret"}
+    assert seen.address is None
+    by_admin = hub.whois_for("zed", "bob", admin=True)
+    assert isinstance(by_admin, Whois)
+    assert "#hidden" in by_admin.rooms
+    assert by_admin.address == "127.0.0.1"
+    gone = hub.whois_for("zed", "nobody", admin=False)
+    assert isinstance(gone, Error)
+    assert gone.code == ErrorCode.NO_SUCH_NICK

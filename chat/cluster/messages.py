@@ -19,6 +19,12 @@ message                   tag                   body
 :class:`Kill`             ``kill``              ``{"nick": ..., "text": ...}``: disconnect
                                                 that user of the node whose channel it is
                                                 published on (a server operator's ``/kill``)
+:class:`AskWhois`         ``whois``             ``{"asker": ..., "nick": ..., "admin": ...,
+                                                "re": ...}``: answer ``asker`` (of the
+                                                sending node) with a whois of ``nick``
+:class:`Answer`           ``re``                the user it is for, a newline, and the
+                                                event (``away``, ``whois`` or ``error``),
+                                                JSON as clients get it
 ========================  ====================  ===============================================
 
 A room message is appended to its stream and published by one Lua script, which is the
@@ -41,7 +47,9 @@ from typing import Final
 
 from chat.protocol import (
     Action,
+    Away,
     Dialect,
+    Error,
     Event,
     Invite,
     Join,
@@ -53,11 +61,14 @@ from chat.protocol import (
     Private,
     Quit,
     Topic,
+    Whois,
     parse_event,
     render,
 )
 
 __all__ = [
+    "Answer",
+    "AskWhois",
     "Claim",
     "ClusterMessage",
     "Direct",
@@ -108,6 +119,8 @@ SYNC: Final = "sync"
 NO_STREAM_ID: Final = "-"
 DIRECT: Final = "pm"
 KILL: Final = "kill"
+ASK_WHOIS: Final = "whois"
+ANSWER: Final = "re"
 _MAX_TIME: Final = 2**53  # seconds; beyond this a float cannot tell one from the next
 _STREAM_ID: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
@@ -185,7 +198,30 @@ class Kill:
     text: str
 
 
-ClusterMessage = Heartbeat | Sync | Relayed | Direct | Kill
+@dataclass(frozen=True, slots=True)
+class AskWhois:
+    """``asker``, a user of ``node`` (a server operator if ``admin``), asks ``/whois nick``
+    of a user of the node that receives it, which knows their account, idle time and away
+    message: it answers with an :class:`Answer` (``re`` is the request id to answer)."""
+
+    node: str
+    asker: str
+    nick: str
+    admin: bool = False
+    re: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An event for ``to``, a user of the node that receives it, from ``node``: the away
+    message of someone they sent a private message to, or the answer to their whois."""
+
+    node: str
+    to: str
+    event: Away | Whois | Error
+
+
+ClusterMessage = Heartbeat | Sync | Relayed | Direct | Kill | AskWhois | Answer
 
 
 def encode(message: ClusterMessage) -> str:
@@ -205,6 +241,11 @@ def encode(message: ClusterMessage) -> str:
         case Kill(node=node, nick=nick, text=text):
             body = json.dumps({"nick": nick, "text": text}, ensure_ascii=False)
             return _frame(node, KILL, body)
+        case AskWhois(node=node, asker=asker, nick=nick, admin=admin, re=re):
+            fields = {"asker": asker, "nick": nick, "admin": admin, "re": re}
+            return _frame(node, ASK_WHOIS, json.dumps(fields, ensure_ascii=False))
+        case Answer(node=node, to=to, event=event):
+            return _frame(node, ANSWER, f"{to}\n{_json(event)}")
 
 
 def stream_frame(node: str, event: Message | Action) -> tuple[str, str]:
@@ -233,6 +274,10 @@ def decode(raw: str | bytes) -> ClusterMessage:
         return Direct(node, event)
     if tag == KILL:
         return _kill(body, node)
+    if tag == ASK_WHOIS:
+        return _ask_whois(body, node)
+    if tag == ANSWER:
+        return _answer(body, node)
     stream_id = None if tag == NO_STREAM_ID else _tag_stream_id(tag, node)
     return Relayed(node, _relayed_event(body, node, streamed=stream_id is not None), stream_id)
 
@@ -249,6 +294,47 @@ def _kill(body: str, node: str) -> Kill:
     if not _sendable(nick) or not _sendable(text):
         raise MalformedMessage(f"a kill from {node!r} with a bad string")
     return Kill(node, nick, text)
+
+
+def _ask_whois(body: str, node: str) -> AskWhois:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedMessage(f"unreadable whois from {node!r}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"a whois from {node!r} that is not an object")
+    asker, nick, admin, re = (data.get(key) for key in ("asker", "nick", "admin", "re"))
+    if not (isinstance(asker, str) and asker and _sendable(asker)):
+        raise MalformedMessage(f"a whois from {node!r} with a bad asker")
+    if not (isinstance(nick, str) and nick and _sendable(nick)):
+        raise MalformedMessage(f"a whois from {node!r} with a bad nick")
+    if not isinstance(admin, bool) or not (re is None or (isinstance(re, str) and _sendable(re))):
+        raise MalformedMessage(f"a whois from {node!r} with a bad admin flag or request id")
+    return AskWhois(node, asker, nick, admin, re)
+
+
+def _answer(body: str, node: str) -> Answer:
+    to, _, text = body.partition("\n")
+    if not to or not _sendable(to):
+        raise MalformedMessage(f"an answer from {node!r} for nobody")
+    event = _event(text, node)
+    if not isinstance(event, Away | Whois | Error):
+        raise MalformedMessage(f"an answer from {node!r} carries a {event.type}")
+    if isinstance(event, Whois) and not _whois_fields_ok(event):
+        raise MalformedMessage(f"a whois answer from {node!r} with a bad field")
+    return Answer(node, to, event)
+
+
+def _whois_fields_ok(event: Whois) -> bool:
+    strings = (event.away, event.user, event.realname, *event.rooms, *event.operator_in)
+    maybe = [value for value in (event.account, event.address) if value is not None]
+    return (
+        all(isinstance(value, str) and _sendable(value) for value in (*strings, *maybe))
+        and isinstance(event.idle, int)
+        and not isinstance(event.idle, bool)
+        and _is_time(event.since)
+        and isinstance(event.operator, bool)
+    )
 
 
 def origin(raw: str | bytes) -> tuple[str, bool]:

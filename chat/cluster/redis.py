@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, TypeVar, cast
 
 import redis.asyncio as redis
@@ -39,6 +39,8 @@ from chat.cluster.directory import Directory
 from chat.cluster.keys import CLAIM, REFRESH, RELEASE, SAY, Keys
 from chat.cluster.ledger import Ledger
 from chat.cluster.messages import (
+    Answer,
+    AskWhois,
     Claim,
     ClusterMessage,
     Direct,
@@ -64,6 +66,7 @@ from chat.errors import ErrorCode, ProtocolError
 from chat.hub import Hub, Member
 from chat.protocol import (
     Action,
+    Away,
     Event,
     Invite,
     Join,
@@ -145,20 +148,12 @@ class _Titled:
 
 
 @dataclass(frozen=True, slots=True)
-class _Send:
-    """A private message for a user of ``node``."""
+class _Inbox:
+    """A message for ``node`` alone, on its inbox: a private message, a ``/kill``, a whois
+    asked of one of its users or the answer to one of theirs."""
 
     node: str
-    event: Private
-
-
-@dataclass(frozen=True, slots=True)
-class _Kill:
-    """A server operator's ``/kill`` of ``nick``, a user of ``node``."""
-
-    node: str
-    nick: str
-    text: str
+    message: Direct | Kill | AskWhois | Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +164,7 @@ class _Forget:
     room: str
 
 
-_Write = _Say | _Announce | _Present | _Absent | _Titled | _Send | _Kill | _Forget
+_Write = _Say | _Announce | _Present | _Absent | _Titled | _Inbox | _Forget
 
 
 async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
@@ -356,23 +351,26 @@ class RedisBackend:
         return claim.nick
 
     def send_private(self, event: Private) -> None:
-        located = self._located.pop(nick_key(event.target), None)
-        if not self._linked:
-            raise ProtocolError(
-                ErrorCode.CLUSTER_DOWN,
-                f"{event.target} is on another server, which cannot be reached right now.",
-            )
-        user = self.directory.find(event.target)
-        node = user.node if user is not None else located
-        if node is None:
-            raise ProtocolError(
-                ErrorCode.NO_SUCH_NICK, f"Nobody called {event.target!r} is online."
-            )
-        self._enqueue(_Send(node, event))
+        self._enqueue(_Inbox(self._node_of(event.target), Direct(self.node, event)))
 
     def kill(self, nick: str, text: str) -> None:
         """Disconnect ``nick``, a user of another node (``/kill``): the node holding them
         closes their connection with ``killed``."""
+        self._enqueue(_Inbox(self._node_of(nick), Kill(self.node, nick, text)))
+
+    def ask_whois(self, asker: Member, nick: str, request: str | None) -> None:
+        ask = AskWhois(self.node, asker.nick, nick, asker.admin, request)
+        self._enqueue(_Inbox(self._node_of(nick), ask))
+
+    def answer(self, nick: str, event: Away) -> None:
+        user = self.directory.find(nick)
+        if user is not None and self._linked:  # else they are gone: nobody to tell
+            self._enqueue(_Inbox(user.node, Answer(self.node, user.nick, event)))
+
+    def _node_of(self, nick: str) -> str:
+        """The node holding ``nick``, a user of another node (as the directory knows, or
+        as :meth:`locate` just found), or :class:`ProtocolError` saying why none can be
+        reached."""
         located = self._located.pop(nick_key(nick), None)
         if not self._linked:
             raise ProtocolError(
@@ -383,7 +381,7 @@ class RedisBackend:
         node = user.node if user is not None else located
         if node is None:
             raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"Nobody called {nick!r} is online.")
-        self._enqueue(_Kill(node, nick, text))
+        return node
 
     def forget_room(self, name: str) -> None:
         self.ledger.forget_room(name)
@@ -648,6 +646,14 @@ class RedisBackend:
                 if member is not None:
                     log.info("kill nick=%s from node %s", member.nick, message.node)
                     member.peer.close(ErrorCode.KILLED, text)
+            case AskWhois(node=node, asker=asker, nick=nick, admin=admin, re=re):
+                event = self.hub.whois_for(asker, nick, admin=admin)
+                answer = event if re is None else replace(event, re=re)
+                self._enqueue(_Inbox(node, Answer(self.node, asker, answer)))
+            case Answer(to=to, event=event):
+                member = self.hub.find(to)
+                if member is not None:
+                    self.hub.tell(member, event)
 
     async def _publish_loop(self) -> None:
         """One writer, in order: per-sender order in a room is publication order."""
@@ -690,10 +696,8 @@ class RedisBackend:
                 pipe.hdel(keys.presence(self.node), nick)
             case _Titled(room=room, text=text):
                 pipe.hset(keys.topics, room_key(room), text)
-            case _Send(node=node, event=event):
-                pipe.publish(keys.inbox(node), encode(Direct(self.node, event)))
-            case _Kill(node=node, nick=nick, text=text):
-                pipe.publish(keys.inbox(node), encode(Kill(self.node, nick, text)))
+            case _Inbox(node=node, message=message):
+                pipe.publish(keys.inbox(node), encode(message))
             case _Forget(room=room):
                 pipe.hdel(keys.topics, room_key(room))
 

@@ -1804,3 +1804,21 @@ async def test_ignoring_a_user_of_another_node(cluster: Cluster) -> None:
     await ok(bob, {"type": "unignore", "nick": "alice"})
     await ok(alice, {"type": "msg", "nick": "bob", "text": "again"})
     await bob.expect("private", nick="alice", text="again")
+
+
+async def test_an_invite_reaches_a_node_that_does_not_have_the_room(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    alice, bob = await cluster.user(a, "alice"), await cluster.user(b, "bob")
+    carol = await cluster.user(b, "carol")
+    await alice.join("#secret")
+    await ok(alice, {"type": "mode", "room": "#secret", "change": "+i"})
+    await ok(alice, {"type": "invite", "room": "#secret", "nick": "bob"})
+    await bob.expect("invite", room="#secret", nick="alice", target="bob")
+    await bob.join("#secret")
+    await wait_who(alice, "#secret", ["alice", "bob"])
+    # The invite was bob's, and one join used it up.
+    refused = await request(carol, {"type": "join", "room": "#secret"})
+    assert refused.code == "invite_only", refused  # type: ignore[attr-defined]
+    await ok(bob, {"type": "part", "room": "#secret"})
+    refused = await request(bob, {"type": "join", "room": "#secret"})
+    assert refused.code == "invite_only", refused  # type: ignore[attr-defined]

@@ -467,6 +467,12 @@ class Backend(Protocol):
         """Tell ``nick``, a user on another node who sent a private message to one of ours,
         that they are away (if ``nick`` is still there)."""
 
+    async def ghost(self, nick: str, account: str) -> None:
+        """The owner of ``account`` logs in here as ``nick``, which a user on another node
+        holds: have that node disconnect them if they are logged in to ``account`` (see
+        :meth:`Hub.ghost`), and return once it has given the nickname back, or has had
+        as long as a node may stay silent."""
+
     @property
     def congested(self) -> bool:
         """True while more is waiting to be published than the link carries: sessions stop
@@ -507,6 +513,9 @@ class LocalBackend:
         raise AssertionError("a single process has no other node")
 
     def answer(self, nick: str, event: Away) -> None:
+        raise AssertionError("a single process has no other node")
+
+    async def ghost(self, nick: str, account: str) -> None:
         raise AssertionError("a single process has no other node")
 
     congested = False
@@ -744,6 +753,8 @@ class Hub:
         rooms itself, so it is not put in the lobby, and has no active room to be told of."""
         nick = validate_nick(raw_nick)
         account = await self._authenticate(peer.address, nick, password)
+        if account is not None:
+            await self._ghost_elsewhere(nick, account.name)
         async with self.lock:
             if account is not None:
                 self._ghost(nick, account.name)
@@ -811,17 +822,32 @@ class Hub:
         member.ignores |= set(await self.store.ignores(account))
         log.info("login nick=%s account=%s admin=%s", member.nick, account, member.admin)
 
-    def _ghost(self, nick: str, account: str) -> None:
+    def _ghost(self, nick: str, account: str) -> Member | None:
         """Whoever holds ``nick`` logged in to ``account`` elsewhere (a stale connection) is
-        disconnected: the owner logging in again takes it over. Holds the lock."""
+        disconnected: the owner logging in again takes it over. Holds the lock. The member
+        disconnected, if any; their nickname's claim is still this node's."""
         holder = self._by_key.get(nick_key(nick))
         if holder is None or holder.account is None:
-            return
+            return None
         if nick_key(holder.account) != nick_key(account):
-            return
+            return None
         self._unregister(holder)
         holder.peer.close(ErrorCode.GHOSTED, "You logged in from another connection.")
         self._drop(holder, "Logged in from another connection")
+        return holder
+
+    async def _ghost_elsewhere(self, nick: str, account: str) -> None:
+        """The owner takes ``nick`` over from a stale connection on another node too."""
+        if self.find(nick) is None and await self.backend.locate(nick) is not None:
+            await self.backend.ghost(nick, account)
+
+    async def ghost(self, nick: str, account: str) -> None:
+        """Another node's login to ``account`` as ``nick``: disconnect whoever holds it here
+        logged in to that account, and give the nickname back for that node to claim."""
+        async with self.lock:
+            holder = self._ghost(nick, account)
+            if holder is not None:
+                await self.backend.release(holder.nick)
 
     async def rename(self, member: Member, raw_nick: str, request: str | None = None) -> None:
         nick = validate_nick(raw_nick)
@@ -1414,6 +1440,7 @@ class Hub:
         await self._verify(member.address, record, password)
         await self._check_gban([f"account:{nick_key(record.name)}"])
         if nick_key(member.nick) != nick_key(record.name):
+            await self._ghost_elsewhere(record.name, record.name)
             async with self.lock:
                 self._ghost(record.name, record.name)
             await self._rename(member, record.name, None)

@@ -1822,3 +1822,34 @@ async def test_an_invite_reaches_a_node_that_does_not_have_the_room(cluster: Clu
     await ok(bob, {"type": "part", "room": "#secret"})
     refused = await request(bob, {"type": "join", "room": "#secret"})
     assert refused.code == "invite_only", refused  # type: ignore[attr-defined]
+
+
+async def test_logging_in_on_another_node_takes_the_nickname_over(cluster: Cluster) -> None:
+    a, b = await cluster.node("A"), await cluster.node("B")
+    old, carol = await cluster.user(a, "bob"), await cluster.user(b, "carol")
+    await ok(old, {"type": "register", "password": PASSWORD})
+    await wait_who(carol, "#lobby", ["bob", "carol"])
+    # With hello and the password: the stale connection on A goes, the login on B is welcomed.
+    new = await cluster.anonymous(b)
+    await new.send({"type": "hello", "nick": "bob", "password": PASSWORD})
+    welcome = await new.expect("welcome")
+    assert (welcome.nick, welcome.account) == ("bob", "bob"), welcome  # type: ignore[attr-defined]
+    byes = [e for e in await old.closed() if e.type == "bye"]
+    assert [bye.code for bye in byes] == ["ghosted"], byes  # type: ignore[attr-defined]
+    quit_ = await carol.expect("quit", nick="bob")
+    assert quit_.text == "Logged in from another connection", quit_
+    await carol.expect("join", room="#lobby", nick="bob")  # the quit came first
+    await wait_who(carol, "#lobby", ["bob", "carol"])
+    # With /login from a guest, back on A.
+    guest = await cluster.user(a, "guest1")
+    await ok(guest, {"type": "login", "nick": "bob", "password": PASSWORD})
+    byes = [e for e in await new.closed() if e.type == "bye"]
+    assert [bye.code for bye in byes] == ["ghosted"], byes  # type: ignore[attr-defined]
+    await carol.expect("nick", nick="guest1", new_nick="bob")
+    await wait_who(carol, "#lobby", ["bob", "carol"])
+    # A wrong password ghosts nobody.
+    wrong = await cluster.anonymous(b)
+    await wrong.send({"type": "hello", "nick": "bob", "password": "wrong-one-1"})
+    refused = await wrong.expect("error")
+    assert refused.code == "wrong_password", refused  # type: ignore[attr-defined]
+    await ok(guest, {"type": "whois", "nick": "bob"})

@@ -59,7 +59,9 @@ commit waits for that (:meth:`RedisBackend.store`).
 Channels: ``P events`` carries every event and heartbeat (moderation too: modes, kicks,
 invites, which each node applies to its copy of the room), ``P node:<node>`` what is for that
 node's users alone: private messages, server operators' kills, whois questions about them
-and the answers to theirs, and the away messages of those they wrote to.
+and the answers to theirs, the away messages of those they wrote to, and a login's request
+to take over a nickname one of them holds (``ghost``) with its answer (``free``), which
+the login waits for before it claims the nickname.
 A room message is appended to its stream and published by one script, so publication order
 is stream order, and each published message carries its stream id: a node drops ids it has
 already seen, which makes the replay after a gap and the live stream meet with no gap and no

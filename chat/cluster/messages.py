@@ -25,6 +25,11 @@ message                   tag                   body
 :class:`Answer`           ``re``                the user it is for, a newline, and the
                                                 event (``away``, ``whois`` or ``error``),
                                                 JSON as clients get it
+:class:`Ghost`            ``ghost``             ``{"nick": ..., "account": ...}``: its owner
+                                                is logging in on the sending node; disconnect
+                                                that user if logged in to ``account``, give
+                                                the nickname back, and say :class:`Released`
+:class:`Released`         ``free``              the nickname a :class:`Ghost` asked for
 ========================  ====================  ===============================================
 
 A room message is appended to its stream and published by one Lua script, which is the
@@ -121,6 +126,8 @@ DIRECT: Final = "pm"
 KILL: Final = "kill"
 ASK_WHOIS: Final = "whois"
 ANSWER: Final = "re"
+GHOST: Final = "ghost"
+RELEASED: Final = "free"
 _MAX_TIME: Final = 2**53  # seconds; beyond this a float cannot tell one from the next
 _STREAM_ID: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
@@ -221,7 +228,27 @@ class Answer:
     event: Away | Whois | Error
 
 
-ClusterMessage = Heartbeat | Sync | Relayed | Direct | Kill | AskWhois | Answer
+@dataclass(frozen=True, slots=True)
+class Ghost:
+    """The owner of the account ``account`` is logging in on ``node`` as ``nick``, which a
+    user of the node that receives it holds: if that user is logged in to the account (a
+    stale connection), it is disconnected and the nickname given back; either way the
+    receiving node answers with :class:`Released`, so the login does not wait in vain."""
+
+    node: str
+    nick: str
+    account: str
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """``node`` has done what a :class:`Ghost` for ``nick`` asked: the login can claim it."""
+
+    node: str
+    nick: str
+
+
+ClusterMessage = Heartbeat | Sync | Relayed | Direct | Kill | AskWhois | Answer | Ghost | Released
 
 
 def encode(message: ClusterMessage) -> str:
@@ -246,6 +273,11 @@ def encode(message: ClusterMessage) -> str:
             return _frame(node, ASK_WHOIS, json.dumps(fields, ensure_ascii=False))
         case Answer(node=node, to=to, event=event):
             return _frame(node, ANSWER, f"{to}\n{_json(event)}")
+        case Ghost(node=node, nick=nick, account=account):
+            body = json.dumps({"nick": nick, "account": account}, ensure_ascii=False)
+            return _frame(node, GHOST, body)
+        case Released(node=node, nick=nick):
+            return _frame(node, RELEASED, nick)
 
 
 def stream_frame(node: str, event: Message | Action) -> tuple[str, str]:
@@ -278,22 +310,41 @@ def decode(raw: str | bytes) -> ClusterMessage:
         return _ask_whois(body, node)
     if tag == ANSWER:
         return _answer(body, node)
+    if tag == GHOST:
+        nick, account = _strings(body, node, "ghost", "nick", "account")
+        if not nick or not account:
+            raise MalformedMessage(f"a ghost from {node!r} without a nick or an account")
+        return Ghost(node, nick, account)
+    if tag == RELEASED:
+        if not body or not _sendable(body):
+            raise MalformedMessage(f"a release from {node!r} of no nickname")
+        return Released(node, body)
     stream_id = None if tag == NO_STREAM_ID else _tag_stream_id(tag, node)
     return Relayed(node, _relayed_event(body, node, streamed=stream_id is not None), stream_id)
 
 
 def _kill(body: str, node: str) -> Kill:
+    nick, text = _strings(body, node, "kill", "nick", "text")
+    if not nick:
+        raise MalformedMessage(f"a kill from {node!r} without a nick")
+    return Kill(node, nick, text)
+
+
+def _strings(body: str, node: str, what: str, *names: str) -> list[str]:
+    """The string fields ``names`` of a JSON object ``body``, each one sendable."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        raise MalformedMessage(f"unreadable kill from {node!r}") from None
-    nick = data.get("nick") if isinstance(data, dict) else None
-    text = data.get("text") if isinstance(data, dict) else None
-    if not isinstance(nick, str) or not nick or not isinstance(text, str):
-        raise MalformedMessage(f"a kill from {node!r} without a nick or a text")
-    if not _sendable(nick) or not _sendable(text):
-        raise MalformedMessage(f"a kill from {node!r} with a bad string")
-    return Kill(node, nick, text)
+        raise MalformedMessage(f"unreadable {what} from {node!r}") from None
+    found = []
+    for name in names:
+        value = data.get(name) if isinstance(data, dict) else None
+        if not isinstance(value, str):
+            raise MalformedMessage(f"a {what} from {node!r} without {name!r}")
+        if not _sendable(value):
+            raise MalformedMessage(f"a {what} from {node!r} with a bad {name!r}")
+        found.append(value)
+    return found
 
 
 def _ask_whois(body: str, node: str) -> AskWhois:

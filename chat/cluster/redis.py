@@ -44,11 +44,13 @@ from chat.cluster.messages import (
     Claim,
     ClusterMessage,
     Direct,
+    Ghost,
     Heartbeat,
     Kill,
     MalformedMessage,
     Relayed,
     RelayedEvent,
+    Released,
     StreamId,
     Sync,
     decode,
@@ -150,10 +152,11 @@ class _Titled:
 @dataclass(frozen=True, slots=True)
 class _Inbox:
     """A message for ``node`` alone, on its inbox: a private message, a ``/kill``, a whois
-    asked of one of its users or the answer to one of theirs."""
+    asked of one of its users or the answer to one of theirs, a login's ghost or its
+    answer."""
 
     node: str
-    message: Direct | Kill | AskWhois | Answer
+    message: Direct | Kill | AskWhois | Answer | Ghost | Released
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,8 @@ class RedisBackend:
         # nick key -> node, for users found through their claim before this node heard of
         # them: the hub's send_private follows its locate at once and takes the entry.
         self._located: dict[str, str] = {}
+        # nick key -> set once the node holding it has answered a Ghost (see ghost()).
+        self._ghosting: dict[str, asyncio.Event] = {}
         self._flowing = asyncio.Event()  # clear while congested
         self._flowing.set()
         self._runner: asyncio.Task[None] | None = None
@@ -366,6 +371,25 @@ class RedisBackend:
         user = self.directory.find(nick)
         if user is not None and self._linked:  # else they are gone: nobody to tell
             self._enqueue(_Inbox(user.node, Answer(self.node, user.nick, event)))
+
+    async def ghost(self, nick: str, account: str) -> None:
+        try:
+            node = self._node_of(nick)
+        except ProtocolError:
+            return  # gone, or out of reach: the claim that follows says which
+        key = nick_key(nick)
+        answered = self._ghosting.get(key)
+        if answered is None:
+            answered = self._ghosting[key] = asyncio.Event()
+            self._enqueue(_Inbox(node, Ghost(self.node, nick, account)))
+        try:
+            async with asyncio.timeout(self.settings.dead_after):
+                await answered.wait()
+        except TimeoutError:
+            log.warning("node %s did not give %s back in time", node, nick)
+        finally:
+            if self._ghosting.get(key) is answered:
+                del self._ghosting[key]
 
     def _node_of(self, nick: str) -> str:
         """The node holding ``nick``, a user of another node (as the directory knows, or
@@ -654,6 +678,13 @@ class RedisBackend:
                 member = self.hub.find(to)
                 if member is not None:
                     self.hub.tell(member, event)
+            case Ghost(node=node, nick=nick, account=account):
+                await self.hub.ghost(nick, account)
+                self._enqueue(_Inbox(node, Released(self.node, nick)))
+            case Released(nick=nick):
+                answered = self._ghosting.get(nick_key(nick))
+                if answered is not None:
+                    answered.set()
 
     async def _publish_loop(self) -> None:
         """One writer, in order: per-sender order in a room is publication order."""

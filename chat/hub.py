@@ -190,6 +190,9 @@ class Counters:
 # Measured on the flat-out fan-out: 1,000 and 10,000 both cost more than 3,000
 # (docs/performance.md); it is an internal batching size, not a bound on clients.
 EARLY_COMMIT = 3000
+# While the store is out (a full disk, Redis away) every commit fails: the first failure
+# is logged whole, then one line at most this often (seconds) until a commit succeeds.
+FAILURE_LOG_EVERY = 60.0
 
 
 class Outbox:
@@ -216,6 +219,8 @@ class Outbox:
         "_covered",
         "_draining",
         "_early_at",
+        "_failure_logged",
+        "_failures",
         "_pending",
         "_posted",
         "_scheduled",
@@ -234,6 +239,8 @@ class Outbox:
         # the last commit started or the last try.
         self._early_at = EARLY_COMMIT
         self._draining: asyncio.Future[None] | None = None  # drain() waiting on a commit
+        self._failures = 0  # commits failed in a row
+        self._failure_logged = 0.0  # when the last of them was logged (monotonic)
         self.delivered = 0  # room events pushed, one per member per batch (--metrics)
 
     def send(self, peer: Peer, event: Event) -> None:
@@ -312,7 +319,10 @@ class Outbox:
     def _committed(self, error: BaseException | None) -> None:
         """Deliver what the oldest commit under way covered."""
         if error is not None:  # a full disk must not stop the chat
-            log.error("store commit failed; delivering anyway", exc_info=error)
+            self._failed(error)
+        elif self._failures:
+            log.warning("store commits succeed again, after %d failed", self._failures)
+            self._failures = 0
         count = self._commits.popleft()
         self._covered -= count
         self._push(count)
@@ -320,6 +330,22 @@ class Outbox:
         if self._draining is not None and not self._commits:
             self._draining.set_result(None)
             self._draining = None
+
+    def _failed(self, error: BaseException) -> None:
+        """Log a failed commit without filling the log (or the disk it may lack)."""
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            log.error("store commit failed; delivering anyway", exc_info=error)
+        elif now - self._failure_logged >= FAILURE_LOG_EVERY:
+            log.error(
+                "store commits still failing, %d in a row (delivering anyway): %r",
+                self._failures,
+                error,
+            )
+        else:
+            return
+        self._failure_logged = now
 
     async def drain(self) -> None:
         """Return once everything pending has been delivered (shutdown)."""

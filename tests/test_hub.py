@@ -12,6 +12,7 @@ waits for a commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
@@ -692,6 +693,35 @@ async def test_a_failed_commit_delivers_anyway_and_does_not_retry_in_a_loop(
     outbox.send_bytes(peer, b"two\n")
     await asyncio.sleep(0)
     assert (len(store.started), peer.pushes) == (1, [b"one\n"])
+
+
+async def test_a_store_that_stays_out_is_logged_once_then_now_and_then_then_back(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, peer = GatedStore(), FakePeer()
+    outbox = Outbox(store)
+    store.dirty = True
+
+    async def commit_one(error: BaseException | None) -> None:
+        outbox.send_bytes(peer, b"line\n")
+        await asyncio.sleep(0)
+        store.report(error)
+
+    for _ in range(5):
+        await commit_one(ConnectionError("Redis is away"))
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failed] == ["store commit failed; delivering anyway"]
+    assert failed[0].exc_info is not None  # the first one whole, with its traceback
+
+    monkeypatch.setattr(hub_module, "FAILURE_LOG_EVERY", 0.0)  # as if a minute went by
+    await commit_one(ConnectionError("Redis is away"))
+    await commit_one(None)
+    assert [r.getMessage() for r in caplog.records][1:] == [
+        "store commits still failing, 6 in a row (delivering anyway): "
+        "ConnectionError('Redis is away')",
+        "store commits succeed again, after 6 failed",
+    ]
+    assert len(peer.pushes) == 7  # and every line went out
 
 
 async def test_drain_returns_once_the_commit_is_over_and_all_went_out() -> None:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from typing import Any
+
+import pytest
 
 from chat.server import ChatServer
 from chat.session import TELNET_DO_ECHO, TELNET_WILL_ECHO, TELNET_WONT_ECHO
@@ -354,6 +357,31 @@ async def test_unregister_frees_the_nickname(start_server: StartServer, dialect:
     again = await enter(dialect, server.port, "alice")
     await again.cmd("login", nick="alice", password=PASSWORD)
     await again.error("no_such_account", "login")
+
+
+async def test_no_password_or_hash_reaches_the_log(
+    start_server: StartServer, dialect: Dialect, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    server = await serve(start_server)
+    alice = await enter(dialect, server.port, "alice")
+    await alice.register(OTHER_PASSWORD)
+    await alice.cmd("password", old=WRONG_PASSWORD, new=PASSWORD)
+    await alice.error("wrong_password", "password")
+    await alice.cmd("password", old=OTHER_PASSWORD, new=PASSWORD)
+    await alice.see("notice", r"Your password is changed", text="Your password is changed.")
+    again = await enter(dialect, server.port, "alice", PASSWORD)  # ghosts the first
+    guest = await enter(dialect, server.port, "guest")
+    await guest.cmd("login", nick="alice", password=WRONG_PASSWORD)
+    await guest.error("wrong_password", "login")
+    await again.cmd("unregister", password=PASSWORD)
+    await again.see("account", r"The account alice is deleted", account=None)
+
+    logged = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert any("login failed account=alice" in line for line in logged), logged  # it logs
+    for line in logged:
+        for secret in (PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD, "$argon2"):
+            assert secret not in line, line
 
 
 async def test_password_too_short(start_server: StartServer, dialect: Dialect) -> None:

@@ -359,6 +359,30 @@ async def test_unregister_frees_the_nickname(start_server: StartServer, dialect:
     await again.error("no_such_account", "login")
 
 
+async def test_wrong_passwords_share_the_budget_of_refused_nicknames(
+    start_server: StartServer,
+) -> None:
+    server = await serve(start_server, login_failures=100, account_failures=100)
+    alice = await enter(JSON, server.port, "alice")
+    await alice.register()
+    text = await LineClient.connect(server.port)
+    reader = text.reader
+    await text.next_is(*GREETING)
+    for _ in range(4):  # four refused nicknames...
+        await text.send("root")
+        await text.next_is("!!! The nickname 'root' is reserved.", PROMPT)
+    await text.send("alice")
+    await reader.readuntil(TELNET_WILL_ECHO)
+    for _ in range(5):  # ...and five wrong passwords, each asked again...
+        await text.send(WRONG_PASSWORD)
+        again = await reader.readuntil(TELNET_WILL_ECHO)
+        assert b"!!! Wrong password for alice." in again, again
+    await text.send(WRONG_PASSWORD)  # ...and the tenth refusal closes the connection
+    await text.expect(r"^!!! Wrong password for alice\.$")
+    await text.next_is("*** Closing connection: 10 nicknames refused; try again later.")
+    assert await text.eof() == []
+
+
 async def test_no_password_or_hash_reaches_the_log(
     start_server: StartServer, dialect: Dialect, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1376,13 +1376,17 @@ class Hub:
         shares = member.rooms.values()
         self.tell(member, self._whois(target, lambda room: room in shares, member.admin), request)
 
-    def whois_for(self, asker: str, nick: str, *, admin: bool) -> Whois | Error:
+    def whois_for(
+        self, asker: str, nick: str, *, admin: bool, request: str | None = None
+    ) -> Whois | Error:
         """The answer to ``asker``, a user of another node, asking ``/whois nick`` of a
-        user of this one."""
+        user of this one (in request ``request``)."""
         target = self.find(nick)
         if target is None:
-            return Error(code=ErrorCode.NO_SUCH_NICK, text=f"Nobody called {nick!r} is online.")
-        return self._whois(target, lambda room: nick_key(asker) in room.remote, admin)
+            text = f"Nobody called {nick!r} is online."
+            return Error(code=ErrorCode.NO_SUCH_NICK, text=text, command="whois", re=request)
+        whois = self._whois(target, lambda room: nick_key(asker) in room.remote, admin)
+        return replace(whois, re=request)
 
     def _whois(self, target: Member, shares: Callable[[Room], bool], admin: bool) -> Whois:
         """``target``'s whois for someone who ``shares`` some rooms with them: those and

@@ -1123,15 +1123,15 @@ async def test_whois_for_another_nodes_user_shows_what_they_share_and_no_address
     for room in ("#secret", "#hidden"):
         hub.mode(bob.member, room, "+i", None)
 
-    seen = hub.whois_for("zed", "BOB", admin=False)
+    seen = hub.whois_for("zed", "BOB", admin=False, request="q1")
     assert isinstance(seen, Whois)
-    assert seen.nick == "bob"
+    assert (seen.nick, seen.re) == ("bob", "q1")
     assert set(seen.rooms) == {LOBBY, "#open", "#secret"}
     assert seen.address is None
     by_admin = hub.whois_for("zed", "bob", admin=True)
     assert isinstance(by_admin, Whois)
     assert "#hidden" in by_admin.rooms
     assert by_admin.address == "127.0.0.1"
-    gone = hub.whois_for("zed", "nobody", admin=False)
+    gone = hub.whois_for("zed", "nobody", admin=False, request="q2")
     assert isinstance(gone, Error)
-    assert gone.code == ErrorCode.NO_SUCH_NICK
+    assert (gone.code, gone.command, gone.re) == (ErrorCode.NO_SUCH_NICK, "whois", "q2")

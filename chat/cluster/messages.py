@@ -330,15 +330,23 @@ def _kill(body: str, node: str) -> Kill:
     return Kill(node, nick, text)
 
 
-def _strings(body: str, node: str, what: str, *names: str) -> list[str]:
-    """The string fields ``names`` of a JSON object ``body``, each one sendable."""
+def _object(body: str, node: str, what: str) -> dict[str, object]:
+    """The JSON object ``body`` of a message ``what`` from ``node``."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise MalformedMessage(f"unreadable {what} from {node!r}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"a {what} from {node!r} that is not an object")
+    return data
+
+
+def _strings(body: str, node: str, what: str, *names: str) -> list[str]:
+    """The string fields ``names`` of a JSON object ``body``, each one sendable."""
+    data = _object(body, node, what)
     found = []
     for name in names:
-        value = data.get(name) if isinstance(data, dict) else None
+        value = data.get(name)
         if not isinstance(value, str):
             raise MalformedMessage(f"a {what} from {node!r} without {name!r}")
         if not _sendable(value):
@@ -348,12 +356,7 @@ def _strings(body: str, node: str, what: str, *names: str) -> list[str]:
 
 
 def _ask_whois(body: str, node: str) -> AskWhois:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise MalformedMessage(f"unreadable whois from {node!r}") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage(f"a whois from {node!r} that is not an object")
+    data = _object(body, node, "whois")
     asker, nick, admin, re = (data.get(key) for key in ("asker", "nick", "admin", "re"))
     if not (isinstance(asker, str) and asker and _sendable(asker)):
         raise MalformedMessage(f"a whois from {node!r} with a bad asker")

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, TypeVar, cast
 
 import redis.asyncio as redis
@@ -671,8 +671,7 @@ class RedisBackend:
                     log.info("kill nick=%s from node %s", member.nick, message.node)
                     member.peer.close(ErrorCode.KILLED, text)
             case AskWhois(node=node, asker=asker, nick=nick, admin=admin, re=re):
-                event = self.hub.whois_for(asker, nick, admin=admin)
-                answer = event if re is None else replace(event, re=re)
+                answer = self.hub.whois_for(asker, nick, admin=admin, request=re)
                 self._enqueue(_Inbox(node, Answer(self.node, asker, answer)))
             case Answer(to=to, event=event):
                 member = self.hub.find(to)
